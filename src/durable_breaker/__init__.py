@@ -1,0 +1,27 @@
+"""durable-breaker: a durable, shared, audited per-key circuit breaker on SQLite or PostgreSQL."""
+
+from ._breaker import CircuitBreaker, KeyStatus
+from ._config import CircuitBreakerConfig
+from ._errors import (
+    CircuitOpenError,
+    DurableBreakerError,
+    InvalidArgumentError,
+    SchemaError,
+    StoreError,
+    UnknownKeyError,
+)
+from ._state import CircuitState, Transition
+
+__all__ = [
+    "CircuitBreaker",
+    "CircuitBreakerConfig",
+    "CircuitOpenError",
+    "CircuitState",
+    "DurableBreakerError",
+    "InvalidArgumentError",
+    "KeyStatus",
+    "SchemaError",
+    "StoreError",
+    "Transition",
+    "UnknownKeyError",
+]

@@ -1,0 +1,202 @@
+"""CircuitBreaker: the public façade that ties the clock, the decisions and the store together."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+
+from ._config import CircuitBreakerConfig
+from ._engine import DEFAULT_URL, make_engine, prepare_engine
+from ._errors import CircuitOpenError, DurableBreakerError, InvalidArgumentError
+from ._machine import Decision, Trigger, decide, retry_after
+from ._migrations import ensure_schema
+from ._state import NEW_CIRCUIT, CircuitState, Transition
+from ._store import SqlStore
+from ._tables import MAX_ACTOR_LENGTH, MAX_KEY_LENGTH, MAX_NAMESPACE_LENGTH
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    """One stored key as `status()` reports it."""
+
+    key: str
+    state: CircuitState
+    consecutive_failures: int
+    since: datetime | None  # when it entered its state; None if it never changed state
+    retry_after: float | None  # seconds until a call could be admitted; 0 if now; None if unknown
+
+
+def _check_name(what: str, value: object, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be a str, got {type(value).__name__}")
+    if not 0 < len(value) <= max_length or "\x00" in value:
+        raise InvalidArgumentError(
+            f"{what} must be 1 to {max_length} characters without NUL, got {value[:40]!r}"
+            + ("..." if len(value) > 40 else "")
+        )
+    return value
+
+
+class CircuitBreaker:
+    """A per-key circuit breaker whose state lives in SQLite or PostgreSQL.
+
+    Every operation reads, decides and writes in one transaction, so many threads,
+    processes and hosts can share one database; every state change is audited.
+    """
+
+    def __init__(
+        self,
+        url: str | URL | Engine = DEFAULT_URL,
+        config: CircuitBreakerConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        namespace: str = "default",
+        migrate: bool | None = None,
+        actor: str | None = None,
+    ) -> None:
+        """Open (and on first use create) the breaker's tables.
+
+        `url` is a database URL or an Engine (which the caller keeps and disposes).
+        `migrate`: None creates an empty schema but refuses an outdated one; True
+        also upgrades an outdated schema; False never changes the schema.
+        """
+        self.config = config if config is not None else CircuitBreakerConfig()
+        if not isinstance(self.config, CircuitBreakerConfig):
+            raise InvalidArgumentError(
+                f"config must be a CircuitBreakerConfig, got {type(config).__name__}"
+            )
+        self.namespace = _check_name("namespace", namespace, MAX_NAMESPACE_LENGTH)
+        self._actor = None if actor is None else _check_name("actor", actor, MAX_ACTOR_LENGTH)
+        self._clock = clock
+        self._owns_engine = not isinstance(url, Engine)
+        if isinstance(url, Engine):
+            prepare_engine(url)
+            engine = url
+        else:
+            engine = make_engine(url)
+        try:
+            ensure_schema(engine, migrate)
+        except BaseException:
+            if self._owns_engine:
+                engine.dispose()
+            raise
+        self._store = SqlStore(engine, self.namespace)
+        self._closed = False
+
+    @property
+    def actor(self) -> str:
+        """Who the audit trail names for this breaker's changes (default host:pid)."""
+        # Computed per write, not cached: a forked worker must not reuse its parent's pid.
+        return self._actor or f"{socket.gethostname()}:{os.getpid()}"
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def _fire(self, key: str, trigger: Trigger, reason: str | None = None) -> Decision:
+        if self._closed:
+            raise DurableBreakerError("this CircuitBreaker is closed")
+        _check_name("key", key, MAX_KEY_LENGTH)
+        now = self._now()
+        # Optimistic read: most calls (a healthy key, a rejection) change nothing, and a
+        # decision drawn from committed state that writes nothing needs no lock.
+        stored = self._store.load(key)
+        decision = decide(stored or NEW_CIRCUIT, trigger, now, self.config)
+        if not (decision.changed or decision.audited):
+            return decision
+        return self._store.fire(
+            key, trigger, now, self.config, reason=reason or self._describe(decision),
+            actor=self.actor,
+        )
+
+    def _describe(self, decision: Decision) -> str | None:
+        """The audit reason of a transition the breaker made on its own."""
+        if decision.guard == "cooldown_elapsed":
+            return f"cooldown of {self.config.cooldown.total_seconds():g}s elapsed"
+        if decision.guard == "probe_timed_out":
+            assert self.config.probe_timeout is not None
+            return (f"no probe result within {self.config.probe_timeout.total_seconds():g}s; "
+                    "probe budget renewed")
+        if decision.guard == "threshold_reached":
+            return f"{self.config.failure_threshold} consecutive failures"
+        return None
+
+    def check(self, key: str) -> None:
+        """Admit a call to `key`, or raise CircuitOpenError."""
+        decision = self._fire(key, Trigger.CHECK)
+        if not decision.fired:
+            raise CircuitOpenError(
+                key, decision.before.state, retry_after(decision.before, self._now(), self.config)
+            )
+
+    def record_success(self, key: str) -> None:
+        """Record a successful call: the key's circuit closes and its counts reset."""
+        self._fire(key, Trigger.SUCCESS)
+
+    def record_failure(self, key: str, reason: str | None = None) -> None:
+        """Record a failed call; `reason` is kept in the audit trail if this trips the circuit."""
+        self._fire(key, Trigger.FAILURE, reason)
+
+    def reset(self, key: str, *, reason: str | None = None) -> None:
+        """Force a stored key's circuit closed, audited with this breaker's actor."""
+        if self._closed:
+            raise DurableBreakerError("this CircuitBreaker is closed")
+        _check_name("key", key, MAX_KEY_LENGTH)
+        self._store.fire(key, Trigger.RESET, self._now(), self.config,
+                         reason=reason or "manual reset", actor=self.actor, must_exist=True)
+
+    def is_available(self, key: str) -> bool:
+        """Whether `check` would admit a call now; reads only, spends no probe."""
+        _check_name("key", key, MAX_KEY_LENGTH)
+        stored = self._store.load(key)
+        return decide(stored or NEW_CIRCUIT, Trigger.CHECK, self._now(), self.config).fired
+
+    def state(self, key: str) -> CircuitState:
+        """The stored state of `key` (CLOSED for a key never stored)."""
+        _check_name("key", key, MAX_KEY_LENGTH)
+        stored = self._store.load(key)
+        return (stored or NEW_CIRCUIT).state
+
+    def history(self, key: str, limit: int | None = None) -> list[Transition]:
+        """The last `limit` transitions of `key` (all by default), oldest first."""
+        _check_name("key", key, MAX_KEY_LENGTH)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):
+            raise InvalidArgumentError(f"limit must be None or an integer >= 0, got {limit!r}")
+        return self._store.history(key, limit)
+
+    def status(self) -> list[KeyStatus]:
+        """Every stored key of this namespace with its state, ordered by key."""
+        now = self._now()
+        return [
+            KeyStatus(
+                key=stored.key,
+                state=stored.circuit.state,
+                consecutive_failures=stored.circuit.consecutive_failures,
+                since=stored.since,
+                retry_after=retry_after(stored.circuit, now, self.config),
+            )
+            for stored in self._store.circuits()
+        ]
+
+    def close(self) -> None:
+        """Release the database connections (an Engine passed in is left to its owner)."""
+        if not self._closed and self._owns_engine:
+            self._store.engine.dispose()
+        self._closed = True
+
+    def __enter__(self) -> CircuitBreaker:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

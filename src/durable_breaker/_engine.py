@@ -1,0 +1,127 @@
+"""Database connections: URL checks, engine set-up per backend, locked transactions, error translation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy.engine import URL, make_url
+
+from ._errors import InvalidArgumentError, StoreError
+
+DEFAULT_URL = "sqlite:///durable_breaker.db"
+SQLITE_BUSY_TIMEOUT_S = 5.0
+POSTGRES_CONNECT_TIMEOUT_S = 5
+_IMMEDIATE = "durable_breaker_immediate"
+
+
+def parse_url(url: str | URL) -> URL:
+    """Parse and normalise a database URL, or say clearly what is wrong with it."""
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError as error:
+        raise InvalidArgumentError(
+            f"not a database URL: {url!r}; expected e.g. sqlite:///breakers.db "
+            "or postgresql://user@host/dbname"
+        ) from error
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+            return parsed.set(drivername="postgresql+psycopg")
+        raise InvalidArgumentError(
+            f"durable-breaker talks to PostgreSQL through psycopg 3, not {parsed.drivername!r}: "
+            "use a postgresql:// or postgresql+psycopg:// URL"
+        )
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
+            raise InvalidArgumentError(
+                "an in-memory SQLite database is not durable and not shared between connections; "
+                "use a file, e.g. sqlite:///breakers.db"
+            )
+        return parsed
+    raise InvalidArgumentError(
+        f"durable-breaker supports SQLite and PostgreSQL, not {backend!r} ({safe_url(parsed)})"
+    )
+
+
+def safe_url(url: str | URL | Engine) -> str:
+    """The URL with any password masked, for messages and logs."""
+    if isinstance(url, Engine):
+        url = url.url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except exc.ArgumentError:
+        return "<unparseable URL>"
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine for `url`, set up for durable-breaker's locking on its backend."""
+    parsed = parse_url(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_S
+    elif "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+    try:
+        engine = create_engine(parsed, connect_args=connect_args)
+    except ImportError as error:
+        raise InvalidArgumentError(
+            "PostgreSQL needs psycopg 3: pip install 'durable-breaker[postgres]'"
+        ) from error
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_on_connect)
+    prepare_engine(engine)
+    return engine
+
+
+def prepare_engine(engine: Engine) -> None:
+    """Hook durable-breaker's transaction start into an engine (ours, or one a caller passed)."""
+    if engine.dialect.name not in ("sqlite", "postgresql"):
+        raise InvalidArgumentError(
+            f"durable-breaker supports SQLite and PostgreSQL, not {engine.dialect.name!r}"
+        )
+    if engine.dialect.name == "sqlite" and not event.contains(engine, "begin", _sqlite_on_begin):
+        event.listen(engine, "begin", _sqlite_on_begin)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers proceed while one process writes; it persists in the file.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    # pysqlite defers BEGIN to the first write, too late to serialise a read-decide-write
+    # between processes: take the write lock up front, but only for our write transactions
+    # (reads stay lock-free, and a caller's own transactions on a shared engine are untouched).
+    if connection.get_execution_options().get(_IMMEDIATE):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction that holds the write lock it needs from its first statement.
+
+    SQLite: BEGIN IMMEDIATE locks the database. PostgreSQL: callers lock rows
+    (SELECT ... FOR UPDATE) or take an advisory lock.
+    """
+    with engine.connect() as connection:
+        connection.execution_options(**{_IMMEDIATE: True})
+        with connection.begin():
+            yield connection
+
+
+@contextmanager
+def translate_errors(engine: Engine, doing: str) -> Iterator[None]:
+    """Turn any SQLAlchemy or driver error into a StoreError that names the database."""
+    try:
+        yield
+    except exc.SQLAlchemyError as error:
+        cause = getattr(error, "orig", None) or error
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise StoreError(
+            f"could not {doing} in {safe_url(engine)}: {type(cause).__name__}: {detail}"
+        ) from error

@@ -1,0 +1,42 @@
+"""The library's exceptions: one root, and the few failures a caller can act on."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._state import CircuitState
+
+
+class DurableBreakerError(Exception):
+    """A durable-breaker operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class InvalidArgumentError(DurableBreakerError, ValueError):
+    """A setting, URL or argument is invalid."""
+
+
+class StoreError(DurableBreakerError):
+    """The database could not carry out an operation."""
+
+
+class SchemaError(DurableBreakerError):
+    """The database schema is missing, outdated, newer than this library, or not ours."""
+
+
+class UnknownKeyError(DurableBreakerError, LookupError):
+    """No circuit is stored for that key."""
+
+
+class CircuitOpenError(DurableBreakerError):
+    """A call was rejected because its circuit is open."""
+
+    def __init__(self, key: str, state: CircuitState, retry_after: float | None) -> None:
+        # The message is the seed's, word for word: callers match on it.
+        super().__init__(f"circuit breaker open for model {key}")
+        self.key = key
+        self.state = state
+        self.retry_after = retry_after

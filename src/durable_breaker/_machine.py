@@ -1,0 +1,183 @@
+"""The circuit lifecycle, declared once as a `transitions` machine, and the decisions drawn from it.
+
+`MACHINE` is the single source of truth for which state changes exist and when they fire.
+It has no model: at import time its events are compiled into `_STEPS`, a lookup table from
+(state, trigger) to the candidate transitions in declaration order, and `decide` walks that
+table the way `transitions` would fire the event, minus its per-call overhead (a test checks
+that both agree for every state x trigger x guard outcome). Guards and effects are plain
+functions of the stored circuit, so the same decision serves every store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from transitions import Machine
+
+from ._config import CircuitBreakerConfig
+from ._state import Circuit, CircuitState
+
+CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+
+
+class Trigger(StrEnum):
+    """The events that drive a circuit; the values are what the audit trail stores."""
+
+    CHECK = "check"
+    FAILURE = "failure"
+    SUCCESS = "success"
+    RESET = "reset"
+
+
+# Order matters: for one (state, trigger) the first transition whose guards pass fires.
+# A `check` that fires admits the call; one that fires no transition rejects it.
+# `dest: None` is an internal transition: counters change, the state does not, nothing is audited.
+TRANSITIONS: list[dict[str, Any]] = [
+    {"trigger": "check", "source": "closed", "dest": None},
+    {"trigger": "check", "source": "open", "dest": "half_open",
+     "conditions": "cooldown_elapsed", "after": "start_probing"},
+    {"trigger": "check", "source": "half_open", "dest": None,
+     "conditions": "probe_budget_left", "after": "take_probe"},
+    {"trigger": "check", "source": "half_open", "dest": "half_open",
+     "conditions": "probe_timed_out", "after": "start_probing"},
+    {"trigger": "failure", "source": "half_open", "dest": "open", "after": "count_failure"},
+    {"trigger": "failure", "source": "closed", "dest": "open",
+     "conditions": "threshold_reached", "after": "count_failure"},
+    {"trigger": "failure", "source": ["closed", "open"], "dest": None, "after": "count_failure"},
+    {"trigger": "success", "source": ["open", "half_open"], "dest": "closed", "after": "clear"},
+    {"trigger": "success", "source": "closed", "dest": None, "after": "clear"},
+    {"trigger": "reset", "source": ["closed", "open", "half_open"], "dest": "closed",
+     "after": "clear"},
+]
+
+MACHINE = Machine(
+    model=None,
+    states=[state.value for state in CircuitState],
+    transitions=TRANSITIONS,
+    initial=CLOSED.value,
+    auto_transitions=False,
+)
+
+Guard = Callable[[Circuit, datetime, CircuitBreakerConfig], bool]
+Effect = Callable[[Circuit, datetime], Circuit]
+
+
+def _since(moment: datetime | None, now: datetime) -> float:
+    # A missing timestamp counts as "long ago"; a clock that went backwards as "just now".
+    return float("inf") if moment is None else (now - moment).total_seconds()
+
+
+GUARDS: dict[str, Guard] = {
+    "cooldown_elapsed": lambda c, now, cfg: (
+        _since(c.last_failure_at, now) >= cfg.cooldown.total_seconds()
+    ),
+    "probe_budget_left": lambda c, now, cfg: c.half_open_probes < cfg.half_open_max,
+    "probe_timed_out": lambda c, now, cfg: (
+        cfg.probe_timeout is not None
+        and _since(c.half_open_since, now) >= cfg.probe_timeout.total_seconds()
+    ),
+    "threshold_reached": lambda c, now, cfg: c.consecutive_failures + 1 >= cfg.failure_threshold,
+}
+
+EFFECTS: dict[str, Effect] = {
+    "start_probing": lambda c, now: replace(c, half_open_probes=1, half_open_since=now),
+    "take_probe": lambda c, now: replace(c, half_open_probes=c.half_open_probes + 1),
+    "count_failure": lambda c, now: replace(
+        c, consecutive_failures=c.consecutive_failures + 1, last_failure_at=now
+    ),
+    "clear": lambda c, now: replace(
+        c, consecutive_failures=0, half_open_probes=0, half_open_since=None
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One declared transition, compiled: its guards (name, required outcome), destination, effects."""
+
+    guards: tuple[tuple[str, bool], ...]
+    dest: CircuitState | None
+    effects: tuple[str, ...]
+
+
+def _compile(machine: Machine) -> dict[tuple[CircuitState, Trigger], tuple[Step, ...]]:
+    table: dict[tuple[CircuitState, Trigger], tuple[Step, ...]] = {}
+    for trigger in Trigger:
+        event = machine.events[trigger.value]
+        for source, declared in event.transitions.items():
+            table[CircuitState(source), trigger] = tuple(
+                Step(
+                    guards=tuple((cond.func, cond.target) for cond in t.conditions),
+                    dest=None if t.dest is None else CircuitState(t.dest),
+                    effects=tuple(t.after),
+                )
+                for t in declared
+            )
+    return table
+
+
+_STEPS = _compile(MACHINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one trigger does to one circuit."""
+
+    fired: bool  # for `check`: whether the call is admitted
+    before: Circuit
+    after: Circuit
+    audited: bool  # an external transition (a state change or a renewal): goes in the audit trail
+    guard: str | None  # the guard that let the transition fire, if it had one
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything must be written."""
+        return self.after != self.before
+
+
+def decide(
+    circuit: Circuit, trigger: Trigger, now: datetime, config: CircuitBreakerConfig
+) -> Decision:
+    """Fire `trigger` on `circuit` at `now` as the declared machine would; pure."""
+    for step in _STEPS.get((circuit.state, trigger), ()):
+        if all(GUARDS[name](circuit, now, config) is target for name, target in step.guards):
+            after = circuit
+            for effect in step.effects:
+                after = EFFECTS[effect](after, now)
+            if step.dest is not None:
+                after = replace(after, state=step.dest)
+            return Decision(
+                fired=True,
+                before=circuit,
+                after=after,
+                audited=step.dest is not None,
+                guard=step.guards[-1][0] if step.guards else None,
+            )
+    return Decision(fired=False, before=circuit, after=circuit, audited=False, guard=None)
+
+
+def retry_after(circuit: Circuit, now: datetime, config: CircuitBreakerConfig) -> float | None:
+    """Seconds until `check` could admit a call on this circuit, or None when unknown."""
+    if circuit.state is OPEN:
+        return max(0.0, config.cooldown.total_seconds() - _since(circuit.last_failure_at, now))
+    if circuit.state is HALF_OPEN and config.probe_timeout is not None:
+        waited = _since(circuit.half_open_since, now)
+        return max(0.0, config.probe_timeout.total_seconds() - waited)
+    return None if circuit.state is HALF_OPEN else 0.0
+
+
+def mermaid() -> str:
+    """The declared machine as a Mermaid state diagram (state changes only)."""
+    lines = ["stateDiagram-v2", f"    [*] --> {MACHINE.initial}"]
+    for (source, trigger), steps in _STEPS.items():
+        for step in steps:
+            if step.dest is None:
+                continue
+            guards = " and ".join(name if target else f"not {name}" for name, target in step.guards)
+            label = f"{trigger.value} [{guards}]" if guards else trigger.value
+            lines.append(f"    {source.value} --> {step.dest.value} : {label}")
+    return "\n".join(lines) + "\n"

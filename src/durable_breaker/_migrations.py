@@ -1,0 +1,115 @@
+"""Schema versions: finds the shipped Alembic migrations, checks a database against them, upgrades it."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, inspect, text
+
+from ._engine import safe_url, translate_errors, write_transaction
+from ._errors import SchemaError
+from ._tables import VERSION_TABLE, metadata
+
+# Any fixed number: the key of the PostgreSQL advisory lock held while migrating.
+_PG_MIGRATION_LOCK = 0x6475726162
+
+
+def script_location() -> Path:
+    """The migrations folder: inside the installed wheel, or at the root of a source checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "_migrations", package.parents[1] / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise SchemaError(
+        "the durable-breaker migrations are missing from this installation; reinstall the package"
+    )
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config for the shipped migrations, optionally bound to a connection."""
+    config = Config()
+    config.set_main_option("script_location", str(script_location()))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head() -> str:
+    """The newest revision this library knows."""
+    revision = _scripts().get_current_head()
+    assert revision is not None, "the migrations folder has no revisions"
+    return revision
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision a database is at, or None when it has never been migrated."""
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def _refuse_unknown(connection: Connection, revision: str | None) -> None:
+    if revision is None:
+        ours = set(metadata.tables) & set(inspect(connection).get_table_names())
+        if ours:
+            raise SchemaError(
+                f"{safe_url(connection.engine)} has tables named {sorted(ours)} but no "
+                f"{VERSION_TABLE} table: they were not made by durable-breaker's migrations, "
+                "so they are left untouched; rename or drop them, or use another database"
+            )
+        return
+    try:
+        _scripts().get_revision(revision)
+    except CommandError:
+        raise SchemaError(
+            f"{safe_url(connection.engine)} is at schema revision {revision!r}, which this "
+            f"version of durable-breaker does not know (its newest is {head()!r}); "
+            "upgrade durable-breaker"
+        ) from None
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Upgrade the schema to head under a lock; return (revision before, revision after)."""
+    with translate_errors(engine, "migrate the schema"), write_transaction(engine) as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+            )
+        before = current_revision(connection)  # read under the lock: another process may have won
+        _refuse_unknown(connection, before)
+        if before != head():
+            command.upgrade(alembic_config(connection), "head")
+    return before, head()
+
+
+def ensure_schema(engine: Engine, migrate: bool | None) -> None:
+    """Make sure the schema is at head before first use.
+
+    An empty database is migrated unless `migrate` is False; an older one only when
+    `migrate` is True, otherwise the error names the command that upgrades it.
+    """
+    with translate_errors(engine, "read the schema version"), engine.connect() as connection:
+        revision = current_revision(connection)
+        if revision == head():
+            return
+        _refuse_unknown(connection, revision)
+    if migrate or (revision is None and migrate is None):
+        upgrade(engine)
+        return
+    state = "has no durable-breaker schema" if revision is None else (
+        f"is at schema revision {revision!r}, older than this library's {head()!r}"
+    )
+    raise SchemaError(
+        f"{safe_url(engine)} {state}; run `durable-breaker --url URL migrate` "
+        "(or pass migrate=True) to upgrade it"
+    )

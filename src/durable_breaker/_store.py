@@ -1,0 +1,179 @@
+"""The SQL store: each method is one whole domain operation in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, Row, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ._config import CircuitBreakerConfig
+from ._engine import translate_errors, write_transaction
+from ._errors import UnknownKeyError
+from ._machine import Decision, Trigger, decide
+from ._state import NEW_CIRCUIT, Circuit, CircuitState, Transition
+from ._tables import circuits, transitions
+
+_CIRCUIT_COLUMNS = (
+    circuits.c.state,
+    circuits.c.consecutive_failures,
+    circuits.c.half_open_probes,
+    circuits.c.last_failure_at,
+    circuits.c.half_open_since,
+)
+
+
+def _circuit(row: Row[tuple[object, ...]]) -> Circuit:
+    return Circuit(
+        state=CircuitState(row.state),
+        consecutive_failures=row.consecutive_failures,
+        half_open_probes=row.half_open_probes,
+        last_failure_at=row.last_failure_at,
+        half_open_since=row.half_open_since,
+    )
+
+
+def _transition(row: Row[tuple[object, ...]]) -> Transition:
+    return Transition(
+        key=row.key,
+        from_state=CircuitState(row.from_state),
+        to_state=CircuitState(row.to_state),
+        trigger=row.trigger,
+        at=row.at,
+        consecutive_failures=row.consecutive_failures,
+        reason=row.reason,
+        actor=row.actor,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCircuit:
+    """A stored key with its circuit, and when it entered its state (None: never changed)."""
+
+    key: str
+    circuit: Circuit
+    since: datetime | None
+
+
+class SqlStore:
+    """The circuits of one namespace in one SQLite or PostgreSQL database."""
+
+    def __init__(self, engine: Engine, namespace: str) -> None:
+        self.engine = engine
+        self.namespace = namespace
+        self._where_ns = circuits.c.namespace == namespace
+        dialect_insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # A concurrent first failure on PostgreSQL may insert the same key: then re-read and retry.
+        self._insert_circuit = dialect_insert(circuits).on_conflict_do_nothing()
+        self._select = select(*_CIRCUIT_COLUMNS).where(self._where_ns)
+
+    def load(self, key: str) -> Circuit | None:
+        """The committed circuit of `key`, read without locking (one SELECT)."""
+        with translate_errors(self.engine, "read a circuit"), self.engine.connect() as connection:
+            row = connection.execute(self._select.where(circuits.c.key == key)).first()
+        return None if row is None else _circuit(row)
+
+    def fire(
+        self,
+        key: str,
+        trigger: Trigger,
+        now: datetime,
+        config: CircuitBreakerConfig,
+        *,
+        reason: str | None,
+        actor: str,
+        must_exist: bool = False,
+    ) -> Decision:
+        """Read, decide and write `key` atomically, with its audit row in the same transaction."""
+        with translate_errors(self.engine, "update a circuit"), write_transaction(
+            self.engine
+        ) as connection:
+            while True:
+                row = connection.execute(
+                    self._select.where(circuits.c.key == key).with_for_update()
+                ).first()
+                if row is None and must_exist:
+                    raise UnknownKeyError(f"no circuit is stored for key {key!r}")
+                decision = decide(
+                    NEW_CIRCUIT if row is None else _circuit(row), trigger, now, config
+                )
+                if not (decision.changed or decision.audited):
+                    return decision
+                if row is not None or self._insert(connection, key, decision.after, now):
+                    break
+            if row is not None:
+                self._update(connection, key, decision.after, now)
+            if decision.audited:
+                connection.execute(
+                    insert(transitions),
+                    {
+                        "namespace": self.namespace,
+                        "key": key,
+                        "from_state": decision.before.state.value,
+                        "to_state": decision.after.state.value,
+                        "trigger": trigger.value,
+                        "at": now,
+                        "consecutive_failures": decision.after.consecutive_failures,
+                        "reason": reason,
+                        "actor": actor,
+                    },
+                )
+        return decision
+
+    def _insert(self, connection: Connection, key: str, circuit: Circuit, now: datetime) -> bool:
+        values = {**self._values(circuit, now), "namespace": self.namespace, "key": key}
+        return connection.execute(self._insert_circuit, {**values, "version": 1}).rowcount == 1
+
+    def _update(self, connection: Connection, key: str, circuit: Circuit, now: datetime) -> None:
+        connection.execute(
+            update(circuits)
+            .where(self._where_ns, circuits.c.key == key)
+            .values(version=circuits.c.version + 1),
+            self._values(circuit, now),
+        )
+
+    @staticmethod
+    def _values(circuit: Circuit, now: datetime) -> dict[str, object]:
+        return {
+            "state": circuit.state.value,
+            "consecutive_failures": circuit.consecutive_failures,
+            "half_open_probes": circuit.half_open_probes,
+            "last_failure_at": circuit.last_failure_at,
+            "half_open_since": circuit.half_open_since,
+            "updated_at": now,
+        }
+
+    def circuits(self) -> list[StoredCircuit]:
+        """Every stored key of the namespace, ordered by key."""
+        latest = (
+            select(transitions.c.key, func.max(transitions.c.id).label("id"))
+            .where(transitions.c.namespace == self.namespace)
+            .group_by(transitions.c.key)
+            .subquery()
+        )
+        query = (
+            select(circuits.c.key, *_CIRCUIT_COLUMNS, transitions.c.at)
+            .select_from(
+                circuits.outerjoin(latest, latest.c.key == circuits.c.key).outerjoin(
+                    transitions, transitions.c.id == latest.c.id
+                )
+            )
+            .where(self._where_ns)
+            .order_by(circuits.c.key)
+        )
+        with translate_errors(self.engine, "list circuits"), self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [StoredCircuit(row.key, _circuit(row), row.at) for row in rows]
+
+    def history(self, key: str, limit: int | None) -> list[Transition]:
+        """The last `limit` transitions of `key` (all when None), oldest first."""
+        query = (
+            select(transitions)
+            .where(transitions.c.namespace == self.namespace, transitions.c.key == key)
+            .order_by(transitions.c.id.desc())
+            .limit(limit)
+        )
+        with translate_errors(self.engine, "read history"), self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [_transition(row) for row in reversed(rows)]

@@ -111,22 +111,7 @@ class CircuitBreaker:
         decision = decide(stored or NEW_CIRCUIT, trigger, now, self.config)
         if not (decision.changed or decision.audited):
             return decision
-        return self._store.fire(
-            key, trigger, now, self.config, reason=reason or self._describe(decision),
-            actor=self.actor,
-        )
-
-    def _describe(self, decision: Decision) -> str | None:
-        """The audit reason of a transition the breaker made on its own."""
-        if decision.guard == "cooldown_elapsed":
-            return f"cooldown of {self.config.cooldown.total_seconds():g}s elapsed"
-        if decision.guard == "probe_timed_out":
-            assert self.config.probe_timeout is not None
-            return (f"no probe result within {self.config.probe_timeout.total_seconds():g}s; "
-                    "probe budget renewed")
-        if decision.guard == "threshold_reached":
-            return f"{self.config.failure_threshold} consecutive failures"
-        return None
+        return self._store.fire(key, trigger, now, self.config, reason=reason, actor=self.actor)
 
     def check(self, key: str) -> None:
         """Admit a call to `key`, or raise CircuitOpenError."""

@@ -139,25 +139,48 @@ class Decision:
         return self.after != self.before
 
 
+def select_step(state: CircuitState, trigger: Trigger, passes: Callable[[str], bool]) -> Step | None:
+    """The transition the machine fires from `state` on `trigger`, given which guards pass."""
+    for step in _STEPS.get((state, trigger), ()):
+        if all(passes(name) is target for name, target in step.guards):
+            return step
+    return None
+
+
 def decide(
     circuit: Circuit, trigger: Trigger, now: datetime, config: CircuitBreakerConfig
 ) -> Decision:
     """Fire `trigger` on `circuit` at `now` as the declared machine would; pure."""
-    for step in _STEPS.get((circuit.state, trigger), ()):
-        if all(GUARDS[name](circuit, now, config) is target for name, target in step.guards):
-            after = circuit
-            for effect in step.effects:
-                after = EFFECTS[effect](after, now)
-            if step.dest is not None:
-                after = replace(after, state=step.dest)
-            return Decision(
-                fired=True,
-                before=circuit,
-                after=after,
-                audited=step.dest is not None,
-                guard=step.guards[-1][0] if step.guards else None,
-            )
-    return Decision(fired=False, before=circuit, after=circuit, audited=False, guard=None)
+    step = select_step(circuit.state, trigger, lambda name: GUARDS[name](circuit, now, config))
+    if step is None:
+        return Decision(fired=False, before=circuit, after=circuit, audited=False, guard=None)
+    after = circuit
+    for effect in step.effects:
+        after = EFFECTS[effect](after, now)
+    if step.dest is not None:
+        after = replace(after, state=step.dest)
+    return Decision(
+        fired=True,
+        before=circuit,
+        after=after,
+        audited=step.dest is not None,
+        guard=step.guards[-1][0] if step.guards else None,
+    )
+
+
+def describe(decision: Decision, config: CircuitBreakerConfig) -> str | None:
+    """The audit reason of a transition that a guard let fire, when the caller gave none."""
+    if decision.guard == "cooldown_elapsed":
+        return f"cooldown of {config.cooldown.total_seconds():g}s elapsed"
+    if decision.guard == "probe_timed_out":
+        assert config.probe_timeout is not None
+        return (
+            f"no probe result within {config.probe_timeout.total_seconds():g}s; "
+            "probe budget renewed"
+        )
+    if decision.guard == "threshold_reached":
+        return f"{decision.after.consecutive_failures} consecutive failures"
+    return None
 
 
 def retry_after(circuit: Circuit, now: datetime, config: CircuitBreakerConfig) -> float | None:

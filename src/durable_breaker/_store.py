@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ._config import CircuitBreakerConfig
 from ._engine import translate_errors, write_transaction
 from ._errors import UnknownKeyError
-from ._machine import Decision, Trigger, decide
+from ._machine import Decision, Trigger, decide, describe
 from ._state import NEW_CIRCUIT, Circuit, CircuitState, Transition
 from ._tables import circuits, transitions
 
@@ -115,7 +115,7 @@ class SqlStore:
                         "trigger": trigger.value,
                         "at": now,
                         "consecutive_failures": decision.after.consecutive_failures,
-                        "reason": reason,
+                        "reason": reason or describe(decision, config),
                         "actor": actor,
                     },
                 )

@@ -1,0 +1,233 @@
+"""The `durable-breaker` command line: migrate, status, history, reset, diagram, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TextIO
+
+from ._breaker import CircuitBreaker
+from ._config import CircuitBreakerConfig
+from ._engine import DEFAULT_URL, make_engine, parse_url, safe_url
+from ._errors import CircuitOpenError, DurableBreakerError, InvalidArgumentError
+from ._machine import mermaid
+from ._migrations import upgrade
+from ._state import CircuitState, Transition
+
+DEMO_KEY = "gpt-4o"
+DEMO_CALLS = 14
+DEMO_STEP_S = 4.0
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="microseconds")
+
+
+def _transition_dict(t: Transition) -> dict[str, object]:
+    return {
+        "key": t.key, "from_state": t.from_state.value, "to_state": t.to_state.value,
+        "trigger": t.trigger, "at": _iso(t.at), "consecutive_failures": t.consecutive_failures,
+        "reason": t.reason, "actor": t.actor,
+    }
+
+
+def _transition_line(t: Transition) -> str:
+    return (f"{t.at:%Y-%m-%d %H:%M:%S.%f}Z  {t.from_state.value:>9} -> {t.to_state.value:<9}  "
+            f"{t.trigger:<7}  failures={t.consecutive_failures:<3} {t.actor}  {t.reason or ''}")
+
+
+def _require_database(url: str) -> None:
+    """Refuse to create an SQLite file just to report on it."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and not os.path.exists(parsed.database or ""):
+        raise InvalidArgumentError(
+            f"no database file at {parsed.database!r}; check --url, or run "
+            "`durable-breaker migrate` to create one"
+        )
+
+
+def _cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    engine = make_engine(args.url)
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        print(f"{safe_url(args.url)} is already at schema revision {after}; nothing to do", file=out)
+    else:
+        print(f"migrated {safe_url(args.url)} from {before or 'an empty database'} to {after}",
+              file=out)
+    return 0
+
+
+def _open(args: argparse.Namespace) -> CircuitBreaker:
+    _require_database(args.url)
+    return CircuitBreaker(args.url, namespace=args.namespace, migrate=False)
+
+
+def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    with _open(args) as breaker:
+        rows = breaker.status()
+    if args.json:
+        json.dump([{"key": s.key, "state": s.state.value,
+                    "consecutive_failures": s.consecutive_failures,
+                    "since": _iso(s.since), "retry_after": s.retry_after} for s in rows],
+                  out, indent=2)
+        print(file=out)
+        return 0
+    if not rows:
+        print(f"no keys stored in namespace {args.namespace!r}", file=out)
+        return 0
+    print(f"{'KEY':<24} {'STATE':<9} {'FAILURES':>8}  {'SINCE':<27} RETRY-AFTER", file=out)
+    for s in rows:
+        since = "-" if s.since is None else f"{s.since:%Y-%m-%d %H:%M:%S.%f}Z"
+        retry = "-" if s.retry_after is None or s.state is CircuitState.CLOSED else (
+            f"{s.retry_after:.1f}s"
+        )
+        print(f"{s.key:<24} {s.state.value:<9} {s.consecutive_failures:>8}  {since:<27} {retry}",
+              file=out)
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
+    with _open(args) as breaker:
+        rows = breaker.history(args.key, args.limit)
+        if not rows and args.key not in {s.key for s in breaker.status()}:
+            raise InvalidArgumentError(
+                f"no circuit is stored for key {args.key!r} in namespace {args.namespace!r}"
+            )
+    if args.json:
+        json.dump([_transition_dict(t) for t in rows], out, indent=2)
+        print(file=out)
+    else:
+        for t in rows:
+            print(_transition_line(t), file=out)
+    return 0
+
+
+def _cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.yes:
+        raise InvalidArgumentError(
+            f"reset changes the circuit of {args.key!r} for every process; add --yes to confirm"
+        )
+    with _open(args) as breaker:
+        breaker.reset(args.key, reason=args.reason)
+        last = breaker.history(args.key, limit=1)[-1]
+    print(f"reset {args.key!r}: {_transition_line(last)}", file=out)
+    return 0
+
+
+def _cmd_diagram(args: argparse.Namespace, out: TextIO) -> int:
+    out.write(mermaid())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    """Drive a simulated flaky model through the breaker on a simulated clock (no sleeping)."""
+    config = CircuitBreakerConfig(failure_threshold=3, cooldown=timedelta(seconds=10),
+                                  half_open_max=1, probe_timeout=timedelta(seconds=30))
+    # Simulated time, so the demo never sleeps: a fresh run ends about now.
+    clock = _DemoClock(time.time() - DEMO_CALLS * DEMO_STEP_S)
+    with CircuitBreaker(args.url, config, clock=clock, namespace=args.namespace) as breaker:
+        seen = breaker.history(DEMO_KEY)
+        if seen:  # resume after the last stored change, even if it was on a simulated future
+            clock.now = max(clock.now, seen[-1].at.timestamp() + DEMO_STEP_S)
+        start = breaker.state(DEMO_KEY)
+        print(f"database {safe_url(args.url)}, namespace {args.namespace!r}", file=out)
+        print(f"{DEMO_KEY} starts {start.value} ({len(seen)} transitions stored by earlier runs)",
+              file=out)
+        # From Closed the model goes down after a few calls; from Open it comes back.
+        healthy: Callable[[int], bool] = (
+            (lambda i: i < 3) if start is CircuitState.CLOSED else (lambda i: i >= 5)
+        )
+        for call in range(DEMO_CALLS):
+            stamp = f"{datetime.fromtimestamp(clock.now, UTC):%H:%M:%S}"
+            try:
+                breaker.check(DEMO_KEY)
+            except CircuitOpenError as rejected:
+                wait = "unknown" if rejected.retry_after is None else f"{rejected.retry_after:.0f}s"
+                print(f"{stamp} call {call:>2}: rejected by the breaker (retry after {wait})",
+                      file=out)
+            else:
+                if healthy(call):
+                    breaker.record_success(DEMO_KEY)
+                    print(f"{stamp} call {call:>2}: ok", file=out)
+                else:
+                    breaker.record_failure(DEMO_KEY, reason="HTTP 503: model overloaded")
+                    print(f"{stamp} call {call:>2}: failed with HTTP 503", file=out)
+            history = breaker.history(DEMO_KEY)
+            for t in history[len(seen):]:
+                print(f"           transition {t.from_state.value} -> {t.to_state.value} "
+                      f"({t.trigger}: {t.reason or '-'})", file=out)
+            seen = history
+            clock.now += DEMO_STEP_S
+        print(f"\n{DEMO_KEY} ends {breaker.state(DEMO_KEY).value}; its audit trail:", file=out)
+        for t in breaker.history(DEMO_KEY):
+            print("  " + _transition_line(t), file=out)
+    print("\nrun `durable-breaker demo` again: it starts from the state this run left.", file=out)
+    return 0
+
+
+class _DemoClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="durable-breaker", description="A durable, shared, audited per-key circuit breaker."
+    )
+    parser.add_argument("--url", default=os.environ.get("DURABLE_BREAKER_URL", DEFAULT_URL),
+                        help="database URL (default: $DURABLE_BREAKER_URL, else %(default)s)")
+    parser.add_argument("--namespace",
+                        default=os.environ.get("DURABLE_BREAKER_NAMESPACE", "default"),
+                        help="breaker group within the database (default: %(default)s)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("migrate", help="upgrade the schema to the newest revision")
+    status = commands.add_parser("status", help="every key with its state")
+    status.add_argument("--json", action="store_true")
+    history = commands.add_parser("history", help="a key's transitions, oldest first")
+    history.add_argument("key")
+    history.add_argument("--limit", type=int, default=None, help="only the last N")
+    history.add_argument("--json", action="store_true")
+    reset = commands.add_parser("reset", help="force a key's circuit closed (audited)")
+    reset.add_argument("key")
+    reset.add_argument("--yes", action="store_true", help="confirm")
+    reset.add_argument("--reason", default=None)
+    commands.add_parser("diagram", help="the state machine as Mermaid text")
+    commands.add_parser("demo", help="drive a simulated flaky model through the breaker")
+    return parser
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "migrate": _cmd_migrate, "status": _cmd_status, "history": _cmd_history,
+    "reset": _cmd_reset, "diagram": _cmd_diagram, "demo": _cmd_demo,
+}
+
+
+def run(argv: Sequence[str] | None = None, out: TextIO | None = None,
+        err: TextIO | None = None) -> int:
+    """Run one command; return its exit status. User errors are one line on `err`."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args, out)
+    except DurableBreakerError as error:
+        print(f"durable-breaker: error: {error}", file=err)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(run())

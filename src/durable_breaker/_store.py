@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, Row, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
 from ._config import CircuitBreakerConfig
 from ._engine import translate_errors, write_transaction
@@ -63,9 +63,13 @@ class SqlStore:
         self.engine = engine
         self.namespace = namespace
         self._where_ns = circuits.c.namespace == namespace
-        dialect_insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        # A concurrent first failure on PostgreSQL may insert the same key: then re-read and retry.
-        self._insert_circuit = dialect_insert(circuits).on_conflict_do_nothing()
+        # SQLite's BEGIN IMMEDIATE serialises writers, so a plain INSERT cannot collide. On
+        # PostgreSQL a concurrent first write of the same key can: then `fire` re-reads and retries.
+        self._insert_circuit = (
+            postgresql.insert(circuits).on_conflict_do_nothing().returning(circuits.c.version)
+            if engine.dialect.name == "postgresql"
+            else insert(circuits)
+        )
         self._select = select(*_CIRCUIT_COLUMNS).where(self._where_ns)
 
     def load(self, key: str) -> Circuit | None:
@@ -123,7 +127,8 @@ class SqlStore:
 
     def _insert(self, connection: Connection, key: str, circuit: Circuit, now: datetime) -> bool:
         values = {**self._values(circuit, now), "namespace": self.namespace, "key": key}
-        return connection.execute(self._insert_circuit, {**values, "version": 1}).rowcount == 1
+        result = connection.execute(self._insert_circuit, {**values, "version": 1})
+        return not result.returns_rows or result.first() is not None
 
     def _update(self, connection: Connection, key: str, circuit: Circuit, now: datetime) -> None:
         connection.execute(

@@ -100,18 +100,24 @@ class CircuitBreaker:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
-    def _fire(self, key: str, trigger: Trigger, reason: str | None = None) -> Decision:
+    def _open_store(self, key: str | None = None) -> SqlStore:
+        """The store, once the breaker is known to be open and `key` valid."""
         if self._closed:
             raise DurableBreakerError("this CircuitBreaker is closed")
-        _check_name("key", key, MAX_KEY_LENGTH)
+        if key is not None:
+            _check_name("key", key, MAX_KEY_LENGTH)
+        return self._store
+
+    def _fire(self, key: str, trigger: Trigger, reason: str | None = None) -> Decision:
+        store = self._open_store(key)
         now = self._now()
         # Optimistic read: most calls (a healthy key, a rejection) change nothing, and a
         # decision drawn from committed state that writes nothing needs no lock.
-        stored = self._store.load(key)
+        stored = store.load(key)
         decision = decide(stored or NEW_CIRCUIT, trigger, now, self.config)
         if not (decision.changed or decision.audited):
             return decision
-        return self._store.fire(key, trigger, now, self.config, reason=reason, actor=self.actor)
+        return store.fire(key, trigger, now, self.config, reason=reason, actor=self.actor)
 
     def check(self, key: str) -> None:
         """Admit a call to `key`, or raise CircuitOpenError."""
@@ -131,31 +137,26 @@ class CircuitBreaker:
 
     def reset(self, key: str, *, reason: str | None = None) -> None:
         """Force a stored key's circuit closed, audited with this breaker's actor."""
-        if self._closed:
-            raise DurableBreakerError("this CircuitBreaker is closed")
-        _check_name("key", key, MAX_KEY_LENGTH)
-        self._store.fire(key, Trigger.RESET, self._now(), self.config,
+        self._open_store(key).fire(key, Trigger.RESET, self._now(), self.config,
                          reason=reason or "manual reset", actor=self.actor, must_exist=True)
 
     def is_available(self, key: str) -> bool:
         """Whether `check` would admit a call now; reads only, spends no probe."""
-        _check_name("key", key, MAX_KEY_LENGTH)
-        stored = self._store.load(key)
+        stored = self._open_store(key).load(key)
         return decide(stored or NEW_CIRCUIT, Trigger.CHECK, self._now(), self.config).fired
 
     def state(self, key: str) -> CircuitState:
         """The stored state of `key` (CLOSED for a key never stored)."""
-        _check_name("key", key, MAX_KEY_LENGTH)
-        stored = self._store.load(key)
+        stored = self._open_store(key).load(key)
         return (stored or NEW_CIRCUIT).state
 
     def history(self, key: str, limit: int | None = None) -> list[Transition]:
         """The last `limit` transitions of `key` (all by default), oldest first."""
-        _check_name("key", key, MAX_KEY_LENGTH)
+        store = self._open_store(key)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                                   or limit < 0):
             raise InvalidArgumentError(f"limit must be None or an integer >= 0, got {limit!r}")
-        return self._store.history(key, limit)
+        return store.history(key, limit)
 
     def status(self) -> list[KeyStatus]:
         """Every stored key of this namespace with its state, ordered by key."""
@@ -168,7 +169,7 @@ class CircuitBreaker:
                 since=stored.since,
                 retry_after=retry_after(stored.circuit, now, self.config),
             )
-            for stored in self._store.circuits()
+            for stored in self._open_store().circuits()
         ]
 
     def close(self) -> None:

@@ -1,0 +1,120 @@
+"""Bad configuration and bad input get a clear DurableBreakerError (and ValueError) naming the problem."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from durable_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    DurableBreakerError,
+    InvalidArgumentError,
+    StoreError,
+)
+
+from .conftest import BreakerFactory
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("failure_threshold", 0),
+        ("failure_threshold", 2.5),
+        ("failure_threshold", True),
+        ("half_open_max", 0),
+        ("cooldown", timedelta(seconds=-1)),
+        ("cooldown", 30),
+        ("cooldown", None),
+        ("probe_timeout", timedelta(microseconds=-1)),
+        ("probe_timeout", 30.0),
+    ],
+)
+def test_invalid_config_names_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field) as raised:
+        CircuitBreakerConfig(**{field: value})  # type: ignore[arg-type]
+    assert isinstance(raised.value, DurableBreakerError)
+
+
+def test_config_is_frozen_and_keyword_only() -> None:
+    config = CircuitBreakerConfig(probe_timeout=None)
+    with pytest.raises(AttributeError):
+        config.failure_threshold = 9  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        CircuitBreakerConfig(3)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("nonsense", "not a database URL"),
+        ("mysql://u@h/db", "supports SQLite and PostgreSQL, not 'mysql'"),
+        ("sqlite://", "in-memory SQLite"),
+        ("sqlite:///:memory:", "in-memory SQLite"),
+        ("postgresql+asyncpg://u@h/db", "psycopg 3"),
+    ],
+)
+def test_bad_urls_are_refused_with_the_reason(url: str, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        CircuitBreaker(url)
+
+
+def test_an_unreachable_database_is_a_store_error_without_the_password() -> None:
+    url = "postgresql://admin:s3cret@127.0.0.1:1/db?connect_timeout=1"
+    with pytest.raises(StoreError) as raised:
+        CircuitBreaker(url)
+    assert "127.0.0.1:1" in str(raised.value)
+    assert "s3cret" not in str(raised.value)
+
+
+def test_an_sqlite_path_in_a_missing_folder_is_a_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="unable to open database file"):
+        CircuitBreaker(f"sqlite:///{tmp_path}/no/such/folder/b.db")
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [("", "1 to 500 characters"), ("x" * 501, "1 to 500 characters"),
+     ("a\x00b", "without NUL"), (42, "must be a str")],
+)
+def test_bad_keys_are_refused_before_touching_the_database(
+    make_breaker: BreakerFactory, key: object, message: str
+) -> None:
+    breaker = make_breaker()
+    for operation in (breaker.check, breaker.record_success, breaker.record_failure,
+                      breaker.is_available, breaker.state, breaker.history, breaker.reset):
+        with pytest.raises(InvalidArgumentError, match=message):
+            operation(key)  # type: ignore[operator]
+
+
+def test_the_longest_allowed_key_round_trips(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=1))
+    key = "模" * 500
+    breaker.record_failure(key)
+    assert breaker.history(key)[0].key == key
+
+
+@pytest.mark.parametrize("limit", [-1, 1.5, "3", True])
+def test_bad_history_limit_is_refused(make_breaker: BreakerFactory, limit: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="limit"):
+        make_breaker().history("k", limit)  # type: ignore[arg-type]
+
+
+def test_bad_namespace_and_config_are_refused(db_url: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="namespace"):
+        CircuitBreaker(db_url, namespace="")
+    with pytest.raises(InvalidArgumentError, match="config must be a CircuitBreakerConfig"):
+        CircuitBreaker(db_url, {"failure_threshold": 3})  # type: ignore[arg-type]
+
+
+def test_a_closed_breaker_says_so(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker()
+    breaker.close()
+    for operation in (breaker.check, breaker.record_success, breaker.record_failure,
+                      breaker.is_available, breaker.state, breaker.history, breaker.reset):
+        with pytest.raises(DurableBreakerError, match="closed"):
+            operation("k")
+    with pytest.raises(DurableBreakerError, match="closed"):
+        breaker.status()

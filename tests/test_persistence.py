@@ -1,0 +1,289 @@
+"""What the SQL store guarantees: durability, atomic audit, a cheap hot path, thread safety."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from durable_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+    StoreError,
+)
+from durable_breaker._engine import make_engine
+
+from .conftest import BreakerFactory, FakeClock
+
+TRIP_AT_2 = CircuitBreakerConfig(failure_threshold=2, cooldown=timedelta(seconds=10))
+
+
+@contextmanager
+def recorded_statements(engine: sa.Engine) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.split()[0].upper())
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+def test_state_and_history_survive_a_restart(make_breaker: BreakerFactory) -> None:
+    first = make_breaker(TRIP_AT_2)
+    first.record_failure("gpt-4o")
+    first.record_failure("gpt-4o", reason="HTTP 503")
+    first.close()
+    second = make_breaker(TRIP_AT_2)
+    assert second.state("gpt-4o") is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        second.check("gpt-4o")
+    [trip] = second.history("gpt-4o")
+    assert (trip.from_state, trip.to_state, trip.reason) == (
+        CircuitState.CLOSED, CircuitState.OPEN, "HTTP 503")
+
+
+def test_namespaces_sharing_a_database_are_independent(make_breaker: BreakerFactory) -> None:
+    inference = make_breaker(TRIP_AT_2, namespace="inference")
+    embeddings = make_breaker(TRIP_AT_2, namespace="embeddings")
+    inference.record_failure("gpt-4o")
+    inference.record_failure("gpt-4o")
+    assert inference.state("gpt-4o") is CircuitState.OPEN
+    assert embeddings.state("gpt-4o") is CircuitState.CLOSED
+    assert embeddings.history("gpt-4o") == []
+    assert [s.key for s in embeddings.status()] == []
+
+
+def test_check_on_a_closed_key_is_one_read_and_no_write(
+    engine: sa.Engine, clock: FakeClock
+) -> None:
+    with CircuitBreaker(engine, TRIP_AT_2, clock=clock) as breaker:
+        breaker.record_failure("known")  # stored, closed, one failure
+        for key in ("known", "never-seen"):
+            with recorded_statements(engine) as statements:
+                breaker.check(key)
+            assert statements == ["SELECT"], key
+
+
+def test_success_on_a_healthy_key_writes_nothing(engine: sa.Engine, clock: FakeClock) -> None:
+    with CircuitBreaker(engine, TRIP_AT_2, clock=clock) as breaker:
+        breaker.record_failure("known")
+        breaker.record_success("known")  # clears the failure: a write
+        for key in ("known", "never-seen"):
+            with recorded_statements(engine) as statements:
+                breaker.record_success(key)
+            assert statements == ["SELECT"], key
+        assert [s.key for s in breaker.status()] == ["known"]  # never-seen was not stored
+
+
+def test_is_available_spends_no_probe_and_writes_nothing(
+    engine: sa.Engine, clock: FakeClock
+) -> None:
+    with CircuitBreaker(engine, TRIP_AT_2, clock=clock) as breaker:
+        breaker.record_failure("k")
+        breaker.record_failure("k")
+        clock.advance(10)
+        with recorded_statements(engine) as statements:
+            assert breaker.is_available("k")
+            assert breaker.is_available("k")
+        assert statements == ["SELECT", "SELECT"]
+        assert breaker.state("k") is CircuitState.OPEN
+        breaker.check("k")  # the probe is still there to take
+        assert not breaker.is_available("k")
+
+
+def test_a_failed_audit_insert_rolls_back_the_state_change(
+    engine: sa.Engine, clock: FakeClock
+) -> None:
+    def refuse_audit(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("INSERT INTO durable_breaker_transition"):
+            raise RuntimeError("disk full")
+
+    with CircuitBreaker(engine, TRIP_AT_2, clock=clock) as breaker:
+        breaker.record_failure("k")
+        sa.event.listen(engine, "before_cursor_execute", refuse_audit)
+        try:
+            with pytest.raises(RuntimeError, match="disk full"):
+                breaker.record_failure("k")  # would trip: state change plus audit row
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", refuse_audit)
+        assert breaker.state("k") is CircuitState.CLOSED
+        assert [s.consecutive_failures for s in breaker.status()] == [1]
+        assert breaker.history("k") == []
+
+
+def test_database_errors_are_wrapped_with_the_original_as_cause(
+    engine: sa.Engine, clock: FakeClock
+) -> None:
+    with CircuitBreaker(engine, TRIP_AT_2, clock=clock) as breaker:
+        with engine.begin() as connection:
+            connection.execute(sa.text("DROP TABLE durable_breaker_transition"))
+        breaker.record_failure("k")
+        with pytest.raises(StoreError, match="could not update a circuit in") as raised:
+            breaker.record_failure("k")
+        assert isinstance(raised.value.__cause__, sa.exc.DBAPIError)
+        assert breaker.state("k") is CircuitState.CLOSED  # the trip was rolled back whole
+
+
+def test_transition_time_is_aware_utc_with_microseconds(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    clock.now = 1_700_000_000.123456
+    breaker = make_breaker(TRIP_AT_2)
+    breaker.record_failure("k")
+    breaker.record_failure("k")
+    [trip] = breaker.history("k")
+    assert trip.at == datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=UTC)
+    assert trip.at.utcoffset() == timedelta(0)
+
+
+def test_a_trip_is_audited_with_count_reason_and_actor(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker(TRIP_AT_2, actor="scheduler-7")
+    breaker.record_failure("k", reason="timeout")
+    breaker.record_failure("k")
+    [trip] = breaker.history("k")
+    assert (trip.trigger, trip.consecutive_failures, trip.actor) == ("failure", 2, "scheduler-7")
+    assert trip.reason == "2 consecutive failures"  # no reason given: the breaker says why
+
+
+def test_the_default_actor_is_host_and_pid(make_breaker: BreakerFactory) -> None:
+    import os
+    import socket
+
+    breaker = make_breaker(TRIP_AT_2)
+    breaker.record_failure("k")
+    breaker.record_failure("k")
+    assert breaker.history("k")[0].actor == f"{socket.gethostname()}:{os.getpid()}"
+
+
+def test_history_limit_returns_the_latest_oldest_first(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    breaker = make_breaker(TRIP_AT_2)
+    for _ in range(3):  # each round: closed -> open -> closed
+        breaker.record_failure("k")
+        breaker.record_failure("k")
+        breaker.record_success("k")
+        clock.advance(1)
+    assert len(breaker.history("k")) == 6
+    last_two = breaker.history("k", limit=2)
+    assert [(t.from_state, t.to_state) for t in last_two] == [
+        (CircuitState.CLOSED, CircuitState.OPEN), (CircuitState.OPEN, CircuitState.CLOSED)]
+    assert last_two == breaker.history("k")[-2:]
+    assert breaker.history("k", limit=0) == []
+
+
+def test_circuit_open_error_carries_key_state_and_retry_after(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    breaker = make_breaker(TRIP_AT_2)
+    breaker.record_failure("k")
+    breaker.record_failure("k")
+    clock.advance(4)
+    with pytest.raises(CircuitOpenError) as raised:
+        breaker.check("k")
+    assert (raised.value.key, raised.value.state) == ("k", CircuitState.OPEN)
+    assert raised.value.retry_after == pytest.approx(6.0)
+
+
+def test_a_lost_probe_is_renewed_after_probe_timeout(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=10),
+                                  probe_timeout=timedelta(seconds=30))
+    breaker = make_breaker(config)
+    breaker.record_failure("k")
+    clock.advance(10)
+    breaker.check("k")  # the probe; its caller never reports back
+    clock.advance(29)
+    with pytest.raises(CircuitOpenError) as raised:
+        breaker.check("k")
+    assert raised.value.retry_after == pytest.approx(1.0)
+    make_breaker(config).close()  # a restart does not release it either...
+    clock.advance(1)
+    breaker.check("k")  # ...but probe_timeout does
+    renewal = breaker.history("k")[-1]
+    assert (renewal.from_state, renewal.to_state, renewal.trigger) == (
+        CircuitState.HALF_OPEN, CircuitState.HALF_OPEN, "check")
+    assert renewal.reason is not None and "probe budget renewed" in renewal.reason
+
+
+def test_status_lists_every_stored_key_with_its_state(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    breaker = make_breaker(TRIP_AT_2)
+    breaker.record_failure("b")
+    breaker.record_failure("a")
+    clock.advance(1)
+    breaker.record_failure("a")
+    clock.advance(3)
+    a, b = breaker.status()
+    assert (a.key, a.state, a.consecutive_failures, a.retry_after) == ("a", CircuitState.OPEN, 2, 7.0)
+    assert a.since == datetime.fromtimestamp(clock.now - 3, UTC)
+    assert (b.key, b.state, b.consecutive_failures, b.since) == ("b", CircuitState.CLOSED, 1, None)
+
+
+def test_one_breaker_shared_by_threads_loses_no_failure(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=10_000))
+    threads = [
+        threading.Thread(target=lambda: [breaker.record_failure("k") for _ in range(25)])
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [s.consecutive_failures for s in breaker.status()] == [200]
+
+
+def test_threads_share_one_half_open_probe_budget(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=10),
+                                  half_open_max=3)
+    breaker = make_breaker(config)
+    breaker.record_failure("k")
+    clock.advance(10)
+    admitted: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def probe() -> None:
+        barrier.wait()
+        for _ in range(5):
+            try:
+                breaker.check("k")
+                admitted.append(True)
+            except CircuitOpenError:
+                admitted.append(False)
+
+    threads = [threading.Thread(target=probe) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert admitted.count(True) == 3
+    assert len(admitted) == 40
+
+
+def test_a_caller_engine_is_left_open_on_close(engine: sa.Engine, clock: FakeClock) -> None:
+    with CircuitBreaker(engine, TRIP_AT_2, clock=clock) as breaker:
+        breaker.record_failure("k")
+    with engine.connect() as connection:  # still usable: the caller owns it
+        assert connection.execute(sa.text("SELECT 1")).scalar() == 1

@@ -50,12 +50,13 @@ else:
         with context.begin_transaction():
             context.run_migrations()
     else:
-        from durable_breaker._store import make_engine
+        from durable_breaker._engine import make_engine, write_transaction
+        from durable_breaker._migrations import lock_for_migration
 
         engine = make_engine(_url())
         try:
-            with engine.connect() as connection:
+            with write_transaction(engine) as connection:
+                lock_for_migration(connection)
                 _run_online(connection)
-                connection.commit()
         finally:
             engine.dispose()

@@ -78,13 +78,16 @@ def _refuse_unknown(connection: Connection, revision: str | None) -> None:
         ) from None
 
 
+def lock_for_migration(connection: Connection) -> None:
+    """Serialise migrations between processes (SQLite: BEGIN IMMEDIATE already does)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Upgrade the schema to head under a lock; return (revision before, revision after)."""
     with translate_errors(engine, "migrate the schema"), write_transaction(engine) as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
-            )
+        lock_for_migration(connection)
         before = current_revision(connection)  # read under the lock: another process may have won
         _refuse_unknown(connection, before)
         if before != head():

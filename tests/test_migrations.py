@@ -1,0 +1,173 @@
+"""Alembic migrations: one head, up and down, equal to the declared schema, safe first use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+import durable_breaker
+from durable_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState, SchemaError
+from durable_breaker import _migrations as migrations
+from durable_breaker._engine import make_engine
+from durable_breaker._tables import VERSION_TABLE, metadata
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+def _tables(engine: sa.Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+def test_there_is_exactly_one_head() -> None:
+    assert len(ScriptDirectory.from_config(migrations.alembic_config()).get_heads()) == 1
+
+
+def test_the_shipped_migrations_are_found_inside_an_installed_package() -> None:
+    location = migrations.script_location()
+    assert (location / "versions" / "0001_initial.py").is_file()
+    package = Path(durable_breaker.__file__).parent
+    if not (package.parents[1] / "migrations").is_dir():  # installed from a wheel, not a checkout
+        assert location == package / "_migrations"
+
+
+def test_upgrade_from_empty_builds_exactly_the_declared_schema(engine: sa.Engine) -> None:
+    before, after = migrations.upgrade(engine)
+    assert (before, after) == (None, migrations.head())
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "version_table": VERSION_TABLE}
+        )
+        assert compare_metadata(context, metadata) == []
+    assert _tables(engine) == set(metadata.tables) | {VERSION_TABLE}
+
+
+def test_downgrade_to_base_and_upgrade_again(engine: sa.Engine) -> None:
+    migrations.upgrade(engine)
+    with engine.begin() as connection:
+        command.downgrade(migrations.alembic_config(connection), "base")
+    assert _tables(engine) & set(metadata.tables) == set()
+    assert migrations.upgrade(engine) == (None, migrations.head())
+    assert set(metadata.tables) <= _tables(engine)
+
+
+def test_upgrading_a_current_database_changes_nothing(engine: sa.Engine) -> None:
+    migrations.upgrade(engine)
+    assert migrations.upgrade(engine) == (migrations.head(), migrations.head())
+
+
+def test_an_empty_database_is_migrated_on_first_use(db_url: str, engine: sa.Engine) -> None:
+    with CircuitBreaker(db_url):
+        pass
+    with engine.connect() as connection:
+        assert migrations.current_revision(connection) == migrations.head()
+
+
+def test_migrate_false_refuses_an_empty_database_and_names_the_command(db_url: str) -> None:
+    with pytest.raises(SchemaError, match=r"durable-breaker --url URL migrate"):
+        CircuitBreaker(db_url, migrate=False)
+
+
+def test_many_breakers_starting_at_once_on_an_empty_database_all_come_up(db_url: str) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            CircuitBreaker(db_url).close()
+        except BaseException as error:  # collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+@pytest.fixture
+def newer_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The migrations plus one more revision, as a future version of the library would ship."""
+    folder = tmp_path / "migrations"
+    shutil.copytree(migrations.script_location(), folder,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "versions" / "0002_test_extra.py").write_text(
+        'revision = "0002_test_extra"\ndown_revision = "0001_initial"\n'
+        "branch_labels = None\ndepends_on = None\n\n\n"
+        "def upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n"
+    )
+    monkeypatch.setattr(migrations, "script_location", lambda: folder)
+    migrations._scripts.cache_clear()
+    yield "0002_test_extra"
+    migrations._scripts.cache_clear()
+
+
+def test_an_older_schema_is_refused_until_migrated(
+    db_url: str, engine: sa.Engine, newer_library: str
+) -> None:
+    with engine.begin() as connection:
+        command.upgrade(migrations.alembic_config(connection), "0001_initial")
+    with pytest.raises(SchemaError, match=r"older than .*durable-breaker --url URL migrate"):
+        CircuitBreaker(db_url)
+    with CircuitBreaker(db_url, migrate=True):
+        pass
+    with engine.connect() as connection:
+        assert migrations.current_revision(connection) == newer_library
+
+
+def test_a_newer_schema_is_refused_and_left_intact(db_url: str, engine: sa.Engine) -> None:
+    with CircuitBreaker(db_url, CircuitBreakerConfig(failure_threshold=1)) as breaker:
+        breaker.record_failure("k")
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '9999_future'"))
+    for migrate in (None, True, False):
+        with pytest.raises(SchemaError, match="'9999_future'.*upgrade durable-breaker"):
+            CircuitBreaker(db_url, migrate=migrate)
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT state FROM durable_breaker_circuit")).all() == [
+            (CircuitState.OPEN.value,)]
+
+
+def test_tables_that_are_not_ours_are_refused_and_left_alone(
+    db_url: str, engine: sa.Engine
+) -> None:
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE durable_breaker_circuit (precious INTEGER)"))
+        connection.execute(sa.text("INSERT INTO durable_breaker_circuit VALUES (42)"))
+    with pytest.raises(SchemaError, match="not made by durable-breaker"):
+        CircuitBreaker(db_url)
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT precious FROM durable_breaker_circuit")).all() \
+            == [(42,)]
+
+
+def test_the_alembic_cli_migrates_from_the_repository_root(db_url: str, engine: sa.Engine) -> None:
+    if not (REPO / "alembic.ini").is_file():
+        pytest.fail("alembic.ini is missing from the repository root")
+    alembic = Path(sys.executable).parent / "alembic"
+    env = {**os.environ, "DURABLE_BREAKER_URL": db_url}
+    done = subprocess.run([str(alembic), "upgrade", "head"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with engine.connect() as connection:
+        assert migrations.current_revision(connection) == migrations.head()

@@ -1,9 +1,10 @@
-"""Alembic environment: migrates the durable-breaker tables, from the library or the `alembic` CLI."""
+"""Alembic environment for the durable-breaker tables: run by the library and by `alembic`."""
 
 from __future__ import annotations
 
 import os
 from logging.config import fileConfig
+from typing import Any
 
 from alembic import context
 from sqlalchemy import Connection
@@ -13,7 +14,7 @@ from durable_breaker._tables import VERSION_TABLE, metadata
 config = context.config
 
 
-def _configure(**kwargs: object) -> None:
+def _configure(**kwargs: Any) -> None:
     context.configure(
         target_metadata=metadata,
         version_table=VERSION_TABLE,

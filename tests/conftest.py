@@ -18,12 +18,21 @@ POSTGRES_URL = os.environ.get("DURABLE_BREAKER_TEST_POSTGRES_URL")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # "ci" keeps the whole suite well inside CI's budget; "dev" (the default) explores more.
-_common = {
-    "deadline": None,
-    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-}
-settings.register_profile("ci", max_examples=30, stateful_step_count=30, **_common)
-settings.register_profile("dev", max_examples=100, stateful_step_count=50, **_common)
+_SLOW_BY_DESIGN = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+settings.register_profile(
+    "ci",
+    max_examples=30,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=_SLOW_BY_DESIGN,
+)
+settings.register_profile(
+    "dev",
+    max_examples=100,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=_SLOW_BY_DESIGN,
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "dev"))
 
 

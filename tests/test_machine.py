@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -44,11 +45,13 @@ _GUARD_OUTCOMES = [
 
 @pytest.mark.parametrize("state", list(CircuitState))
 @pytest.mark.parametrize("trigger", list(Trigger))
-@pytest.mark.parametrize("outcomes", _GUARD_OUTCOMES, ids=lambda o: "".join("TF"[not v] for v in o.values()))
+@pytest.mark.parametrize(
+    "outcomes", _GUARD_OUTCOMES, ids=lambda o: "".join("TF"[not v] for v in o.values())
+)
 def test_compiled_table_fires_what_the_transitions_machine_fires(
     state: CircuitState, trigger: Trigger, outcomes: dict[str, bool]
 ) -> None:
-    probe = _Probe(outcomes)
+    probe: Any = _Probe(outcomes)  # `transitions` adds `trigger` and `state` to it
     MACHINE.add_model(probe, initial=state.value)
     try:
         fired = probe.trigger(trigger.value)
@@ -84,8 +87,11 @@ def test_diagram_draws_every_state_change_of_the_declaration() -> None:
     assert "    half_open --> open : failure" in diagram
     assert "    half_open --> closed : success" in diagram
     external = sum(
-        1 for event in MACHINE.events.values() for ts in event.transitions.values()
-        for t in ts if t.dest is not None
+        1
+        for event in MACHINE.events.values()
+        for ts in event.transitions.values()
+        for t in ts
+        if t.dest is not None
     )
     assert diagram.count(" --> ") - 1 == external
 
@@ -103,9 +109,7 @@ def test_probe_renewal_is_an_audited_half_open_to_half_open_transition() -> None
     assert not decide(spent, Trigger.CHECK, NOW + timedelta(seconds=29.999999), config).fired
     renewed = decide(spent, Trigger.CHECK, NOW + timedelta(seconds=30), config)
     assert renewed.fired and renewed.audited
-    assert renewed.after == Circuit(
-        CircuitState.HALF_OPEN, 5, 1, NOW, NOW + timedelta(seconds=30)
-    )
+    assert renewed.after == Circuit(CircuitState.HALF_OPEN, 5, 1, NOW, NOW + timedelta(seconds=30))
 
 
 def test_without_probe_timeout_a_spent_half_open_rejects_forever() -> None:

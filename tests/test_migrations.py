@@ -109,8 +109,9 @@ def test_many_breakers_starting_at_once_on_an_empty_database_all_come_up(db_url:
 def newer_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The migrations plus one more revision, as a future version of the library would ship."""
     folder = tmp_path / "migrations"
-    shutil.copytree(migrations.script_location(), folder,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        migrations.script_location(), folder, ignore=shutil.ignore_patterns("__pycache__")
+    )
     (folder / "versions" / "0002_test_extra.py").write_text(
         'revision = "0002_test_extra"\ndown_revision = "0001_initial"\n'
         "branch_labels = None\ndepends_on = None\n\n\n"
@@ -141,11 +142,12 @@ def test_a_newer_schema_is_refused_and_left_intact(db_url: str, engine: sa.Engin
     with engine.begin() as connection:
         connection.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '9999_future'"))
     for migrate in (None, True, False):
-        with pytest.raises(SchemaError, match="'9999_future'.*upgrade durable-breaker"):
+        with pytest.raises(SchemaError, match=r"'9999_future'.*upgrade durable-breaker"):
             CircuitBreaker(db_url, migrate=migrate)
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT state FROM durable_breaker_circuit")).all() == [
-            (CircuitState.OPEN.value,)]
+            (CircuitState.OPEN.value,)
+        ]
 
 
 def test_tables_that_are_not_ours_are_refused_and_left_alone(
@@ -157,8 +159,9 @@ def test_tables_that_are_not_ours_are_refused_and_left_alone(
     with pytest.raises(SchemaError, match="not made by durable-breaker"):
         CircuitBreaker(db_url)
     with engine.connect() as connection:
-        assert connection.execute(sa.text("SELECT precious FROM durable_breaker_circuit")).all() \
-            == [(42,)]
+        assert connection.execute(
+            sa.text("SELECT precious FROM durable_breaker_circuit")
+        ).all() == [(42,)]
 
 
 def test_the_alembic_cli_migrates_from_the_repository_root(db_url: str, engine: sa.Engine) -> None:
@@ -166,8 +169,14 @@ def test_the_alembic_cli_migrates_from_the_repository_root(db_url: str, engine: 
         pytest.fail("alembic.ini is missing from the repository root")
     alembic = Path(sys.executable).parent / "alembic"
     env = {**os.environ, "DURABLE_BREAKER_URL": db_url}
-    done = subprocess.run([str(alembic), "upgrade", "head"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(alembic), "upgrade", "head"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     with engine.connect() as connection:
         assert migrations.current_revision(connection) == migrations.head()

@@ -57,7 +57,10 @@ def test_state_and_history_survive_a_restart(make_breaker: BreakerFactory) -> No
         second.check("gpt-4o")
     [trip] = second.history("gpt-4o")
     assert (trip.from_state, trip.to_state, trip.reason) == (
-        CircuitState.CLOSED, CircuitState.OPEN, "HTTP 503")
+        CircuitState.CLOSED,
+        CircuitState.OPEN,
+        "HTTP 503",
+    )
 
 
 def test_namespaces_sharing_a_database_are_independent(make_breaker: BreakerFactory) -> None:
@@ -185,7 +188,9 @@ def test_history_limit_returns_the_latest_oldest_first(
     assert len(breaker.history("k")) == 6
     last_two = breaker.history("k", limit=2)
     assert [(t.from_state, t.to_state) for t in last_two] == [
-        (CircuitState.CLOSED, CircuitState.OPEN), (CircuitState.OPEN, CircuitState.CLOSED)]
+        (CircuitState.CLOSED, CircuitState.OPEN),
+        (CircuitState.OPEN, CircuitState.CLOSED),
+    ]
     assert last_two == breaker.history("k")[-2:]
     assert breaker.history("k", limit=0) == []
 
@@ -206,8 +211,9 @@ def test_circuit_open_error_carries_key_state_and_retry_after(
 def test_a_lost_probe_is_renewed_after_probe_timeout(
     make_breaker: BreakerFactory, clock: FakeClock
 ) -> None:
-    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=10),
-                                  probe_timeout=timedelta(seconds=30))
+    config = CircuitBreakerConfig(
+        failure_threshold=1, cooldown=timedelta(seconds=10), probe_timeout=timedelta(seconds=30)
+    )
     breaker = make_breaker(config)
     breaker.record_failure("k")
     clock.advance(10)
@@ -221,7 +227,10 @@ def test_a_lost_probe_is_renewed_after_probe_timeout(
     breaker.check("k")  # ...but probe_timeout does
     renewal = breaker.history("k")[-1]
     assert (renewal.from_state, renewal.to_state, renewal.trigger) == (
-        CircuitState.HALF_OPEN, CircuitState.HALF_OPEN, "check")
+        CircuitState.HALF_OPEN,
+        CircuitState.HALF_OPEN,
+        "check",
+    )
     assert renewal.reason is not None and "probe budget renewed" in renewal.reason
 
 
@@ -235,17 +244,24 @@ def test_status_lists_every_stored_key_with_its_state(
     breaker.record_failure("a")
     clock.advance(3)
     a, b = breaker.status()
-    assert (a.key, a.state, a.consecutive_failures, a.retry_after) == ("a", CircuitState.OPEN, 2, 7.0)
+    assert (a.key, a.state, a.consecutive_failures, a.retry_after) == (
+        "a",
+        CircuitState.OPEN,
+        2,
+        7.0,
+    )
     assert a.since == datetime.fromtimestamp(clock.now - 3, UTC)
     assert (b.key, b.state, b.consecutive_failures, b.since) == ("b", CircuitState.CLOSED, 1, None)
 
 
 def test_one_breaker_shared_by_threads_loses_no_failure(make_breaker: BreakerFactory) -> None:
     breaker = make_breaker(CircuitBreakerConfig(failure_threshold=10_000))
-    threads = [
-        threading.Thread(target=lambda: [breaker.record_failure("k") for _ in range(25)])
-        for _ in range(8)
-    ]
+
+    def fail_25_times() -> None:
+        for _ in range(25):
+            breaker.record_failure("k")
+
+    threads = [threading.Thread(target=fail_25_times) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -256,8 +272,9 @@ def test_one_breaker_shared_by_threads_loses_no_failure(make_breaker: BreakerFac
 def test_threads_share_one_half_open_probe_budget(
     make_breaker: BreakerFactory, clock: FakeClock
 ) -> None:
-    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=10),
-                                  half_open_max=3)
+    config = CircuitBreakerConfig(
+        failure_threshold=1, cooldown=timedelta(seconds=10), half_open_max=3
+    )
     breaker = make_breaker(config)
     breaker.record_failure("k")
     clock.advance(10)

@@ -19,7 +19,9 @@ from .conftest import BreakerFactory, FakeClock
 
 def fast_config(**overrides: object) -> CircuitBreakerConfig:
     values: dict[str, object] = {
-        "failure_threshold": 3, "cooldown": timedelta(milliseconds=50), "half_open_max": 1
+        "failure_threshold": 3,
+        "cooldown": timedelta(milliseconds=50),
+        "half_open_max": 1,
     }
     values.update(overrides)
     return CircuitBreakerConfig(**values)  # type: ignore[arg-type]
@@ -119,8 +121,9 @@ def test_error_message_contains_model_name(make_breaker: BreakerFactory) -> None
 
 
 def test_half_open_allows_multiple_probes(make_breaker: BreakerFactory, clock: FakeClock) -> None:
-    cb = make_breaker(fast_config(failure_threshold=2, cooldown=timedelta(milliseconds=10),
-                                  half_open_max=3))
+    cb = make_breaker(
+        fast_config(failure_threshold=2, cooldown=timedelta(milliseconds=10), half_open_max=3)
+    )
     cb.record_failure("m")
     cb.record_failure("m")
     assert not admits(cb, "m")  # open
@@ -143,8 +146,12 @@ def _fresh(make_breaker: BreakerFactory, config: CircuitBreakerConfig) -> Circui
 def test_opens_exactly_at_threshold(
     make_breaker: BreakerFactory, threshold: int, failures: int
 ) -> None:
-    with _fresh(make_breaker, CircuitBreakerConfig(
-        failure_threshold=threshold, cooldown=timedelta(seconds=60), half_open_max=1)) as cb:
+    with _fresh(
+        make_breaker,
+        CircuitBreakerConfig(
+            failure_threshold=threshold, cooldown=timedelta(seconds=60), half_open_max=1
+        ),
+    ) as cb:
         for _ in range(failures):
             cb.record_failure("model")
         assert admits(cb, "model") == (failures < threshold)
@@ -152,8 +159,10 @@ def test_opens_exactly_at_threshold(
 
 @given(pre_failures=st.integers(0, 9))
 def test_success_always_resets_to_closed(make_breaker: BreakerFactory, pre_failures: int) -> None:
-    with _fresh(make_breaker, CircuitBreakerConfig(
-        failure_threshold=20, cooldown=timedelta(seconds=60), half_open_max=1)) as cb:
+    with _fresh(
+        make_breaker,
+        CircuitBreakerConfig(failure_threshold=20, cooldown=timedelta(seconds=60), half_open_max=1),
+    ) as cb:
         for _ in range(pre_failures):
             cb.record_failure("model")
         cb.record_success("model")
@@ -166,8 +175,12 @@ def test_independent_models_do_not_interfere(
     make_breaker: BreakerFactory, failures_a: int, failures_b: int
 ) -> None:
     threshold = 5
-    with _fresh(make_breaker, CircuitBreakerConfig(
-        failure_threshold=threshold, cooldown=timedelta(seconds=60), half_open_max=1)) as cb:
+    with _fresh(
+        make_breaker,
+        CircuitBreakerConfig(
+            failure_threshold=threshold, cooldown=timedelta(seconds=60), half_open_max=1
+        ),
+    ) as cb:
         for _ in range(failures_a):
             cb.record_failure("model-a")
         for _ in range(failures_b):

@@ -7,6 +7,7 @@ whole audit trail with the model after every step. Runs on every backend.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,7 +33,7 @@ from durable_breaker import (
 
 from .conftest import FakeClock
 
-KEYS = ["gpt-4o", "it's \"quoted\"", "with space", "模型-ü", "claude;--"]
+KEYS = ["gpt-4o", 'it\'s "quoted"', "with space", "模型-ü", "claude;--"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -218,7 +219,7 @@ class BreakerComparison(RuleBasedStateMachine):
                 (t.from_state.value, t.to_state.value, t.trigger, t.consecutive_failures)
                 for t in history
             ] == k.trail
-            for earlier, later in zip(history, history[1:], strict=False):
+            for earlier, later in itertools.pairwise(history):
                 assert earlier.to_state == later.from_state
             if history:
                 assert history[-1].to_state.value == k.state

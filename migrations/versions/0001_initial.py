@@ -60,7 +60,9 @@ def upgrade() -> None:
         sa.CheckConstraint(
             f"from_state IN ({STATES})", name="ck_durable_breaker_transition_from_state"
         ),
-        sa.CheckConstraint(f"to_state IN ({STATES})", name="ck_durable_breaker_transition_to_state"),
+        sa.CheckConstraint(
+            f"to_state IN ({STATES})", name="ck_durable_breaker_transition_to_state"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_durable_breaker_transition"),
     )
     op.create_index(

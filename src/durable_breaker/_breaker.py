@@ -137,8 +137,15 @@ class CircuitBreaker:
 
     def reset(self, key: str, *, reason: str | None = None) -> None:
         """Force a stored key's circuit closed, audited with this breaker's actor."""
-        self._open_store(key).fire(key, Trigger.RESET, self._now(), self.config,
-                         reason=reason or "manual reset", actor=self.actor, must_exist=True)
+        self._open_store(key).fire(
+            key,
+            Trigger.RESET,
+            self._now(),
+            self.config,
+            reason=reason or "manual reset",
+            actor=self.actor,
+            must_exist=True,
+        )
 
     def is_available(self, key: str) -> bool:
         """Whether `check` would admit a call now; reads only, spends no probe."""
@@ -153,8 +160,9 @@ class CircuitBreaker:
     def history(self, key: str, limit: int | None = None) -> list[Transition]:
         """The last `limit` transitions of `key` (all by default), oldest first."""
         store = self._open_store(key)
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or limit < 0):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
             raise InvalidArgumentError(f"limit must be None or an integer >= 0, got {limit!r}")
         return store.history(key, limit)
 
@@ -182,7 +190,9 @@ class CircuitBreaker:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()

@@ -30,15 +30,22 @@ def _iso(moment: datetime | None) -> str | None:
 
 def _transition_dict(t: Transition) -> dict[str, object]:
     return {
-        "key": t.key, "from_state": t.from_state.value, "to_state": t.to_state.value,
-        "trigger": t.trigger, "at": _iso(t.at), "consecutive_failures": t.consecutive_failures,
-        "reason": t.reason, "actor": t.actor,
+        "key": t.key,
+        "from_state": t.from_state.value,
+        "to_state": t.to_state.value,
+        "trigger": t.trigger,
+        "at": _iso(t.at),
+        "consecutive_failures": t.consecutive_failures,
+        "reason": t.reason,
+        "actor": t.actor,
     }
 
 
 def _transition_line(t: Transition) -> str:
-    return (f"{t.at:%Y-%m-%d %H:%M:%S.%f}Z  {t.from_state.value:>9} -> {t.to_state.value:<9}  "
-            f"{t.trigger:<7}  failures={t.consecutive_failures:<3} {t.actor}  {t.reason or ''}")
+    return (
+        f"{t.at:%Y-%m-%d %H:%M:%S.%f}Z  {t.from_state.value:>9} -> {t.to_state.value:<9}  "
+        f"{t.trigger:<7}  failures={t.consecutive_failures:<3} {t.actor}  {t.reason or ''}"
+    )
 
 
 def _require_database(url: str) -> None:
@@ -58,10 +65,14 @@ def _cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         engine.dispose()
     if before == after:
-        print(f"{safe_url(args.url)} is already at schema revision {after}; nothing to do", file=out)
+        print(
+            f"{safe_url(args.url)} is already at schema revision {after}; nothing to do", file=out
+        )
     else:
-        print(f"migrated {safe_url(args.url)} from {before or 'an empty database'} to {after}",
-              file=out)
+        print(
+            f"migrated {safe_url(args.url)} from {before or 'an empty database'} to {after}",
+            file=out,
+        )
     return 0
 
 
@@ -74,10 +85,20 @@ def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args) as breaker:
         rows = breaker.status()
     if args.json:
-        json.dump([{"key": s.key, "state": s.state.value,
+        json.dump(
+            [
+                {
+                    "key": s.key,
+                    "state": s.state.value,
                     "consecutive_failures": s.consecutive_failures,
-                    "since": _iso(s.since), "retry_after": s.retry_after} for s in rows],
-                  out, indent=2)
+                    "since": _iso(s.since),
+                    "retry_after": s.retry_after,
+                }
+                for s in rows
+            ],
+            out,
+            indent=2,
+        )
         print(file=out)
         return 0
     if not rows:
@@ -86,11 +107,15 @@ def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     print(f"{'KEY':<24} {'STATE':<9} {'FAILURES':>8}  {'SINCE':<27} RETRY-AFTER", file=out)
     for s in rows:
         since = "-" if s.since is None else f"{s.since:%Y-%m-%d %H:%M:%S.%f}Z"
-        retry = "-" if s.retry_after is None or s.state is CircuitState.CLOSED else (
-            f"{s.retry_after:.1f}s"
+        retry = (
+            "-"
+            if s.retry_after is None or s.state is CircuitState.CLOSED
+            else (f"{s.retry_after:.1f}s")
         )
-        print(f"{s.key:<24} {s.state.value:<9} {s.consecutive_failures:>8}  {since:<27} {retry}",
-              file=out)
+        print(
+            f"{s.key:<24} {s.state.value:<9} {s.consecutive_failures:>8}  {since:<27} {retry}",
+            file=out,
+        )
     return 0
 
 
@@ -129,8 +154,12 @@ def _cmd_diagram(args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     """Drive a simulated flaky model through the breaker on a simulated clock (no sleeping)."""
-    config = CircuitBreakerConfig(failure_threshold=3, cooldown=timedelta(seconds=10),
-                                  half_open_max=1, probe_timeout=timedelta(seconds=30))
+    config = CircuitBreakerConfig(
+        failure_threshold=3,
+        cooldown=timedelta(seconds=10),
+        half_open_max=1,
+        probe_timeout=timedelta(seconds=30),
+    )
     # Simulated time, so the demo never sleeps: a fresh run ends about now.
     clock = _DemoClock(time.time() - DEMO_CALLS * DEMO_STEP_S)
     with CircuitBreaker(args.url, config, clock=clock, namespace=args.namespace) as breaker:
@@ -139,8 +168,10 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             clock.now = max(clock.now, seen[-1].at.timestamp() + DEMO_STEP_S)
         start = breaker.state(DEMO_KEY)
         print(f"database {safe_url(args.url)}, namespace {args.namespace!r}", file=out)
-        print(f"{DEMO_KEY} starts {start.value} ({len(seen)} transitions stored by earlier runs)",
-              file=out)
+        print(
+            f"{DEMO_KEY} starts {start.value} ({len(seen)} transitions stored by earlier runs)",
+            file=out,
+        )
         # From Closed the model goes down after a few calls; from Open it comes back.
         healthy: Callable[[int], bool] = (
             (lambda i: i < 3) if start is CircuitState.CLOSED else (lambda i: i >= 5)
@@ -151,8 +182,10 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
                 breaker.check(DEMO_KEY)
             except CircuitOpenError as rejected:
                 wait = "unknown" if rejected.retry_after is None else f"{rejected.retry_after:.0f}s"
-                print(f"{stamp} call {call:>2}: rejected by the breaker (retry after {wait})",
-                      file=out)
+                print(
+                    f"{stamp} call {call:>2}: rejected by the breaker (retry after {wait})",
+                    file=out,
+                )
             else:
                 if healthy(call):
                     breaker.record_success(DEMO_KEY)
@@ -161,9 +194,12 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
                     breaker.record_failure(DEMO_KEY, reason="HTTP 503: model overloaded")
                     print(f"{stamp} call {call:>2}: failed with HTTP 503", file=out)
             history = breaker.history(DEMO_KEY)
-            for t in history[len(seen):]:
-                print(f"           transition {t.from_state.value} -> {t.to_state.value} "
-                      f"({t.trigger}: {t.reason or '-'})", file=out)
+            for t in history[len(seen) :]:
+                print(
+                    f"           transition {t.from_state.value} -> {t.to_state.value} "
+                    f"({t.trigger}: {t.reason or '-'})",
+                    file=out,
+                )
             seen = history
             clock.now += DEMO_STEP_S
         print(f"\n{DEMO_KEY} ends {breaker.state(DEMO_KEY).value}; its audit trail:", file=out)
@@ -185,11 +221,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="durable-breaker", description="A durable, shared, audited per-key circuit breaker."
     )
-    parser.add_argument("--url", default=os.environ.get("DURABLE_BREAKER_URL", DEFAULT_URL),
-                        help="database URL (default: $DURABLE_BREAKER_URL, else %(default)s)")
-    parser.add_argument("--namespace",
-                        default=os.environ.get("DURABLE_BREAKER_NAMESPACE", "default"),
-                        help="breaker group within the database (default: %(default)s)")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("DURABLE_BREAKER_URL", DEFAULT_URL),
+        help="database URL (default: $DURABLE_BREAKER_URL, else %(default)s)",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("DURABLE_BREAKER_NAMESPACE", "default"),
+        help="breaker group within the database (default: %(default)s)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("migrate", help="upgrade the schema to the newest revision")
     status = commands.add_parser("status", help="every key with its state")
@@ -208,13 +249,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
-    "migrate": _cmd_migrate, "status": _cmd_status, "history": _cmd_history,
-    "reset": _cmd_reset, "diagram": _cmd_diagram, "demo": _cmd_demo,
+    "migrate": _cmd_migrate,
+    "status": _cmd_status,
+    "history": _cmd_history,
+    "reset": _cmd_reset,
+    "diagram": _cmd_diagram,
+    "demo": _cmd_demo,
 }
 
 
-def run(argv: Sequence[str] | None = None, out: TextIO | None = None,
-        err: TextIO | None = None) -> int:
+def run(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
     """Run one command; return its exit status. User errors are one line on `err`."""
     out = out or sys.stdout
     err = err or sys.stderr

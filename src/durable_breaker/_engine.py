@@ -1,4 +1,4 @@
-"""Database connections: URL checks, engine set-up per backend, locked transactions, error translation."""
+"""Database connections: URL checks, engine set-up, locked transactions, error translation."""
 
 from __future__ import annotations
 

@@ -38,20 +38,44 @@ class Trigger(StrEnum):
 # `dest: None` is an internal transition: counters change, the state does not, nothing is audited.
 TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "check", "source": "closed", "dest": None},
-    {"trigger": "check", "source": "open", "dest": "half_open",
-     "conditions": "cooldown_elapsed", "after": "start_probing"},
-    {"trigger": "check", "source": "half_open", "dest": None,
-     "conditions": "probe_budget_left", "after": "take_probe"},
-    {"trigger": "check", "source": "half_open", "dest": "half_open",
-     "conditions": "probe_timed_out", "after": "start_probing"},
+    {
+        "trigger": "check",
+        "source": "open",
+        "dest": "half_open",
+        "conditions": "cooldown_elapsed",
+        "after": "start_probing",
+    },
+    {
+        "trigger": "check",
+        "source": "half_open",
+        "dest": None,
+        "conditions": "probe_budget_left",
+        "after": "take_probe",
+    },
+    {
+        "trigger": "check",
+        "source": "half_open",
+        "dest": "half_open",
+        "conditions": "probe_timed_out",
+        "after": "start_probing",
+    },
     {"trigger": "failure", "source": "half_open", "dest": "open", "after": "count_failure"},
-    {"trigger": "failure", "source": "closed", "dest": "open",
-     "conditions": "threshold_reached", "after": "count_failure"},
+    {
+        "trigger": "failure",
+        "source": "closed",
+        "dest": "open",
+        "conditions": "threshold_reached",
+        "after": "count_failure",
+    },
     {"trigger": "failure", "source": ["closed", "open"], "dest": None, "after": "count_failure"},
     {"trigger": "success", "source": ["open", "half_open"], "dest": "closed", "after": "clear"},
     {"trigger": "success", "source": "closed", "dest": None, "after": "clear"},
-    {"trigger": "reset", "source": ["closed", "open", "half_open"], "dest": "closed",
-     "after": "clear"},
+    {
+        "trigger": "reset",
+        "source": ["closed", "open", "half_open"],
+        "dest": "closed",
+        "after": "clear",
+    },
 ]
 
 MACHINE = Machine(
@@ -97,11 +121,17 @@ EFFECTS: dict[str, Effect] = {
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One declared transition, compiled: its guards (name, required outcome), destination, effects."""
+    """One declared transition, compiled: guards (name, required outcome), dest, effects."""
 
     guards: tuple[tuple[str, bool], ...]
     dest: CircuitState | None
     effects: tuple[str, ...]
+
+
+def _name(declared: object) -> str:
+    if not isinstance(declared, str):
+        raise TypeError(f"declare guards and effects by name, not {declared!r}")
+    return declared
 
 
 def _compile(machine: Machine) -> dict[tuple[CircuitState, Trigger], tuple[Step, ...]]:
@@ -111,9 +141,9 @@ def _compile(machine: Machine) -> dict[tuple[CircuitState, Trigger], tuple[Step,
         for source, declared in event.transitions.items():
             table[CircuitState(source), trigger] = tuple(
                 Step(
-                    guards=tuple((cond.func, cond.target) for cond in t.conditions),
+                    guards=tuple((_name(cond.func), cond.target) for cond in t.conditions),
                     dest=None if t.dest is None else CircuitState(t.dest),
-                    effects=tuple(t.after),
+                    effects=tuple(_name(effect) for effect in t.after),
                 )
                 for t in declared
             )
@@ -139,7 +169,9 @@ class Decision:
         return self.after != self.before
 
 
-def select_step(state: CircuitState, trigger: Trigger, passes: Callable[[str], bool]) -> Step | None:
+def select_step(
+    state: CircuitState, trigger: Trigger, passes: Callable[[str], bool]
+) -> Step | None:
     """The transition the machine fires from `state` on `trigger`, given which guards pass."""
     for step in _STEPS.get((state, trigger), ()):
         if all(passes(name) is target for name, target in step.guards):

@@ -1,4 +1,4 @@
-"""Schema versions: finds the shipped Alembic migrations, checks a database against them, upgrades it."""
+"""Schema versions: finds the shipped Alembic migrations, checks a database, upgrades it."""
 
 from __future__ import annotations
 
@@ -109,8 +109,10 @@ def ensure_schema(engine: Engine, migrate: bool | None) -> None:
     if migrate or (revision is None and migrate is None):
         upgrade(engine)
         return
-    state = "has no durable-breaker schema" if revision is None else (
-        f"is at schema revision {revision!r}, older than this library's {head()!r}"
+    state = (
+        "has no durable-breaker schema"
+        if revision is None
+        else (f"is at schema revision {revision!r}, older than this library's {head()!r}")
     )
     raise SchemaError(
         f"{safe_url(engine)} {state}; run `durable-breaker --url URL migrate` "

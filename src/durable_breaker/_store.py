@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.dialects import postgresql
 
 from ._config import CircuitBreakerConfig
@@ -24,7 +25,8 @@ _CIRCUIT_COLUMNS = (
 )
 
 
-def _circuit(row: Row[tuple[object, ...]]) -> Circuit:
+# Rows are typed Any: Row's type parameters differ between SQLAlchemy 2.0 and 2.1.
+def _circuit(row: Any) -> Circuit:
     return Circuit(
         state=CircuitState(row.state),
         consecutive_failures=row.consecutive_failures,
@@ -34,7 +36,7 @@ def _circuit(row: Row[tuple[object, ...]]) -> Circuit:
     )
 
 
-def _transition(row: Row[tuple[object, ...]]) -> Transition:
+def _transition(row: Any) -> Transition:
     return Transition(
         key=row.key,
         from_state=CircuitState(row.from_state),
@@ -90,15 +92,18 @@ class SqlStore:
         must_exist: bool = False,
     ) -> Decision:
         """Read, decide and write `key` atomically, with its audit row in the same transaction."""
-        with translate_errors(self.engine, "update a circuit"), write_transaction(
-            self.engine
-        ) as connection:
+        with (
+            translate_errors(self.engine, "update a circuit"),
+            write_transaction(self.engine) as connection,
+        ):
             while True:
                 row = connection.execute(
                     self._select.where(circuits.c.key == key).with_for_update()
                 ).first()
                 if row is None and must_exist:
-                    raise UnknownKeyError(f"no circuit is stored for key {key!r}")
+                    raise UnknownKeyError(
+                        f"no circuit is stored for key {key!r} in namespace {self.namespace!r}"
+                    )
                 decision = decide(
                     NEW_CIRCUIT if row is None else _circuit(row), trigger, now, config
                 )

@@ -87,8 +87,9 @@ transitions = Table(
     "durable_breaker_transition",
     metadata,
     # BIGINT on PostgreSQL; SQLite only autoincrements an INTEGER PRIMARY KEY.
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("namespace", String(MAX_NAMESPACE_LENGTH), nullable=False),
     Column("key", String(MAX_KEY_LENGTH), nullable=False),
     Column("from_state", String(16), nullable=False),

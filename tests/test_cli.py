@@ -1,0 +1,156 @@
+"""The command line, through its testable entry point and through the installed script."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from durable_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
+from durable_breaker._cli import run
+from durable_breaker._machine import mermaid
+
+from .conftest import FakeClock
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def tripped(db_url: str, clock: FakeClock) -> str:
+    """A database where gpt-4o has tripped and claude has one failure."""
+    config = CircuitBreakerConfig(failure_threshold=2, cooldown=timedelta(seconds=10))
+    with CircuitBreaker(db_url, config, clock=clock, actor="tester") as breaker:
+        breaker.record_failure("gpt-4o")
+        breaker.record_failure("gpt-4o", reason="HTTP 503")
+        breaker.record_failure("claude")
+    return db_url
+
+
+def test_migrate_says_what_it_did(db_url: str) -> None:
+    code, out, _ = cli("--url", db_url, "migrate")
+    assert code == 0 and "from an empty database to 0001_initial" in out
+    code, out, _ = cli("--url", db_url, "migrate")
+    assert code == 0 and "already at schema revision 0001_initial" in out
+
+
+def test_status_json_lists_every_key(tripped: str) -> None:
+    code, out, _ = cli("--url", tripped, "status", "--json")
+    assert code == 0
+    rows = {row["key"]: row for row in json.loads(out)}
+    assert rows["gpt-4o"]["state"] == "open" and rows["gpt-4o"]["consecutive_failures"] == 2
+    assert rows["claude"]["state"] == "closed" and rows["claude"]["consecutive_failures"] == 1
+    assert rows["gpt-4o"]["since"] is not None and rows["claude"]["since"] is None
+
+
+def test_status_text_shows_state_and_failures(tripped: str) -> None:
+    code, out, _ = cli("--url", tripped, "status")
+    assert code == 0
+    [line] = [line for line in out.splitlines() if line.startswith("gpt-4o")]
+    assert line.split()[1:3] == ["open", "2"]
+
+
+def test_history_json_has_the_audit_fields(tripped: str) -> None:
+    code, out, _ = cli("--url", tripped, "history", "gpt-4o", "--json")
+    assert code == 0
+    [row] = json.loads(out)
+    assert {k: row[k] for k in ("from_state", "to_state", "trigger", "reason", "actor")} == {
+        "from_state": "closed",
+        "to_state": "open",
+        "trigger": "failure",
+        "reason": "HTTP 503",
+        "actor": "tester",
+    }
+    assert row["at"].endswith("+00:00")
+
+
+def test_history_limit(tripped: str) -> None:
+    cli("--url", tripped, "reset", "gpt-4o", "--yes")
+    code, out, _ = cli("--url", tripped, "history", "gpt-4o", "--limit", "1", "--json")
+    assert code == 0 and [row["trigger"] for row in json.loads(out)] == ["reset"]
+
+
+def test_reset_needs_yes_and_is_audited_with_reason_and_actor(tripped: str) -> None:
+    code, _, err = cli("--url", tripped, "reset", "gpt-4o")
+    assert code != 0 and "--yes" in err
+    code, out, _ = cli("--url", tripped, "reset", "gpt-4o", "--yes", "--reason", "provider fixed")
+    assert code == 0 and "provider fixed" in out
+    with CircuitBreaker(tripped, migrate=False) as breaker:
+        assert breaker.state("gpt-4o") is CircuitState.CLOSED
+        last = breaker.history("gpt-4o")[-1]
+    assert (last.trigger, last.reason) == ("reset", "provider fixed")
+    assert last.actor.endswith(f":{os.getpid()}")
+
+
+@pytest.mark.parametrize("command", [["history", "nope"], ["reset", "nope", "--yes"]])
+def test_an_unknown_key_is_one_clear_line(tripped: str, command: list[str]) -> None:
+    code, _, err = cli("--url", tripped, *command)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "durable-breaker: error: no circuit is stored for key 'nope' in namespace 'default'"
+    ]
+
+
+def test_reading_commands_do_not_create_a_missing_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    code, _, err = cli("--url", url, "status")
+    assert code == 1 and "no database file" in err
+    assert not (tmp_path / "typo.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("nonsense", "not a database URL"),
+        ("postgresql://u:hunter2@127.0.0.1:1/x?connect_timeout=1", "could not"),
+    ],
+)
+def test_bad_or_unreachable_urls_are_one_line_without_password(url: str, message: str) -> None:
+    code, _, err = cli("--url", url, "status")
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and message in err and "hunter2" not in err
+
+
+def test_diagram_prints_the_declared_machine() -> None:
+    code, out, _ = cli("diagram")
+    assert code == 0 and out == mermaid()
+
+
+def test_namespace_flag_selects_the_group(tripped: str) -> None:
+    code, out, _ = cli("--url", tripped, "--namespace", "other", "status", "--json")
+    assert code == 0 and json.loads(out) == []
+
+
+def test_demo_runs_twice_and_the_second_run_resumes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    code, first, _ = cli("--url", url, "demo")
+    assert code == 0
+    assert "gpt-4o starts closed" in first and "transition closed -> open" in first
+    assert "gpt-4o ends open" in first
+    code, second, _ = cli("--url", url, "demo")
+    assert code == 0
+    assert "gpt-4o starts open" in second and "transition half_open -> closed" in second
+    assert "gpt-4o ends closed" in second
+
+
+def test_the_installed_script_runs_and_reads_the_url_from_the_environment(tripped: str) -> None:
+    script = Path(sys.executable).parent / "durable-breaker"
+    env = {**os.environ, "DURABLE_BREAKER_URL": tripped}
+    done = subprocess.run(
+        [str(script), "status", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert {row["key"] for row in json.loads(done.stdout)} == {"gpt-4o", "claude"}
+    done = subprocess.run(
+        [str(script), "--url", "nonsense", "status"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr

@@ -46,7 +46,7 @@ def test_the_shipped_migrations_are_found_inside_an_installed_package() -> None:
     assert (location / "versions" / "0001_initial.py").is_file()
     package = Path(durable_breaker.__file__).parent
     if not (package.parents[1] / "migrations").is_dir():  # installed from a wheel, not a checkout
-        assert location == package / "_migrations"
+        assert location == package / "migrations"
 
 
 def test_upgrade_from_empty_builds_exactly_the_declared_schema(engine: sa.Engine) -> None:

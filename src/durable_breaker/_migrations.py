@@ -23,7 +23,7 @@ _PG_MIGRATION_LOCK = 0x6475726162
 def script_location() -> Path:
     """The migrations folder: inside the installed wheel, or at the root of a source checkout."""
     package = Path(__file__).resolve().parent
-    for candidate in (package / "_migrations", package.parents[1] / "migrations"):
+    for candidate in (package / "migrations", package.parents[1] / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
     raise SchemaError(

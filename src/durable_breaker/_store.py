@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql
 
 from ._config import CircuitBreakerConfig
@@ -72,12 +72,16 @@ class SqlStore:
             if engine.dialect.name == "postgresql"
             else insert(circuits)
         )
-        self._select = select(*_CIRCUIT_COLUMNS).where(self._where_ns)
+        # Built once: building a statement per call costs more than the read itself.
+        self._select = select(*_CIRCUIT_COLUMNS).where(
+            self._where_ns, circuits.c.key == bindparam("key")
+        )
+        self._select_for_update = self._select.with_for_update()
 
     def load(self, key: str) -> Circuit | None:
         """The committed circuit of `key`, read without locking (one SELECT)."""
         with translate_errors(self.engine, "read a circuit"), self.engine.connect() as connection:
-            row = connection.execute(self._select.where(circuits.c.key == key)).first()
+            row = connection.execute(self._select, {"key": key}).first()
         return None if row is None else _circuit(row)
 
     def fire(
@@ -97,9 +101,7 @@ class SqlStore:
             write_transaction(self.engine) as connection,
         ):
             while True:
-                row = connection.execute(
-                    self._select.where(circuits.c.key == key).with_for_update()
-                ).first()
+                row = connection.execute(self._select_for_update, {"key": key}).first()
                 if row is None and must_exist:
                     raise UnknownKeyError(
                         f"no circuit is stored for key {key!r} in namespace {self.namespace!r}"

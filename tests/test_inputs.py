@@ -119,6 +119,8 @@ def test_bad_namespace_and_config_are_refused(db_url: str) -> None:
         CircuitBreaker(db_url, namespace="")
     with pytest.raises(InvalidArgumentError, match="config must be a CircuitBreakerConfig"):
         CircuitBreaker(db_url, {"failure_threshold": 3})  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="clock must be a callable"):
+        CircuitBreaker(db_url, clock=1_700_000_000.0)  # type: ignore[arg-type]
 
 
 def test_a_closed_breaker_says_so(make_breaker: BreakerFactory) -> None:

@@ -75,6 +75,10 @@ class CircuitBreaker:
             )
         self.namespace = _check_name("namespace", namespace, MAX_NAMESPACE_LENGTH)
         self._actor = None if actor is None else _check_name("actor", actor, MAX_ACTOR_LENGTH)
+        if not callable(clock):
+            raise InvalidArgumentError(
+                f"clock must be a callable returning POSIX seconds, got {clock!r}"
+            )
         self._clock = clock
         self._owns_engine = not isinstance(url, Engine)
         if isinstance(url, Engine):

@@ -64,6 +64,14 @@ class SqlStore:
     def __init__(self, engine: Engine, namespace: str) -> None:
         self.engine = engine
         self.namespace = namespace
+        # Reads are single statements: autocommit spares PostgreSQL a BEGIN and a ROLLBACK
+        # round trip and still sees everything committed before it. (pysqlite never opens
+        # a transaction for a SELECT, so SQLite needs nothing.)
+        self._reader = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
         self._where_ns = circuits.c.namespace == namespace
         # SQLite's BEGIN IMMEDIATE serialises writers, so a plain INSERT cannot collide. On
         # PostgreSQL a concurrent first write of the same key can: then `fire` re-reads and retries.
@@ -80,7 +88,7 @@ class SqlStore:
 
     def load(self, key: str) -> Circuit | None:
         """The committed circuit of `key`, read without locking (one SELECT)."""
-        with translate_errors(self.engine, "read a circuit"), self.engine.connect() as connection:
+        with translate_errors(self.engine, "read a circuit"), self._reader.connect() as connection:
             row = connection.execute(self._select, {"key": key}).first()
         return None if row is None else _circuit(row)
 
@@ -174,7 +182,7 @@ class SqlStore:
             .where(self._where_ns)
             .order_by(circuits.c.key)
         )
-        with translate_errors(self.engine, "list circuits"), self.engine.connect() as connection:
+        with translate_errors(self.engine, "list circuits"), self._reader.connect() as connection:
             rows = connection.execute(query).all()
         return [StoredCircuit(row.key, _circuit(row), row.at) for row in rows]
 
@@ -186,6 +194,6 @@ class SqlStore:
             .order_by(transitions.c.id.desc())
             .limit(limit)
         )
-        with translate_errors(self.engine, "read history"), self.engine.connect() as connection:
+        with translate_errors(self.engine, "read history"), self._reader.connect() as connection:
             rows = connection.execute(query).all()
         return [_transition(row) for row in reversed(rows)]

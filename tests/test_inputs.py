@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import pickle
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from durable_breaker import (
     CircuitBreaker,
     CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
     DurableBreakerError,
     InvalidArgumentError,
     StoreError,
@@ -139,3 +145,38 @@ def test_a_closed_breaker_says_so(make_breaker: BreakerFactory) -> None:
             operation("k")
     with pytest.raises(DurableBreakerError, match="closed"):
         breaker.status()
+
+
+@given(key=st.text(min_size=0, max_size=520))
+def test_any_text_key_round_trips_or_is_refused_clearly(
+    make_breaker: BreakerFactory, key: str
+) -> None:
+    with make_breaker(CircuitBreakerConfig(failure_threshold=1), namespace=uuid.uuid4().hex) as b:
+        try:
+            b.record_failure(key, reason=key or None)
+        except InvalidArgumentError:
+            return
+        [trip] = b.history(key)
+        assert trip.key == key and trip.reason == (key or None)
+        assert [s.key for s in b.status()] == [key]
+
+
+@pytest.mark.parametrize("reason", ["a\x00b", "\udc80", 503])
+def test_an_unstorable_reason_is_refused_and_nothing_is_recorded(
+    make_breaker: BreakerFactory, reason: Any
+) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=1))
+    with pytest.raises(InvalidArgumentError, match="reason"):
+        breaker.record_failure("k", reason=reason)
+    assert breaker.status() == []
+
+
+def test_circuit_open_error_survives_pickling_between_processes() -> None:
+    error = CircuitOpenError("gpt-4o", CircuitState.OPEN, 12.5)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.key, copy.state, copy.retry_after, str(copy)) == (
+        "gpt-4o",
+        CircuitState.OPEN,
+        12.5,
+        "circuit breaker open for model gpt-4o",
+    )

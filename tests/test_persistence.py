@@ -304,3 +304,24 @@ def test_a_caller_engine_is_left_open_on_close(engine: sa.Engine, clock: FakeClo
         breaker.record_failure("k")
     with engine.connect() as connection:  # still usable: the caller owns it
         assert connection.execute(sa.text("SELECT 1")).scalar() == 1
+
+
+def test_status_says_a_half_open_key_with_probes_left_admits_now(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    config = CircuitBreakerConfig(
+        failure_threshold=1,
+        cooldown=timedelta(seconds=10),
+        half_open_max=2,
+        probe_timeout=timedelta(seconds=30),
+    )
+    breaker = make_breaker(config)
+    breaker.record_failure("k")
+    clock.advance(10)
+    breaker.check("k")  # probe 1 of 2
+    [status] = breaker.status()
+    assert (status.state, status.retry_after) == (CircuitState.HALF_OPEN, 0.0)
+    breaker.check("k")  # probe 2 of 2: spent
+    clock.advance(5)
+    [status] = breaker.status()
+    assert status.retry_after == pytest.approx(25.0)

@@ -34,15 +34,33 @@ class KeyStatus:
     retry_after: float | None  # seconds until a call could be admitted; 0 if now; None if unknown
 
 
+def _storable(value: str) -> bool:
+    """Whether every backend can store `value` as text: no NUL, valid UTF-8 (no lone surrogates)."""
+    if value.isascii():
+        return "\x00" not in value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
 def _check_name(what: str, value: object, max_length: int) -> str:
     if not isinstance(value, str):
         raise InvalidArgumentError(f"{what} must be a str, got {type(value).__name__}")
-    if not 0 < len(value) <= max_length or "\x00" in value:
+    if not 0 < len(value) <= max_length or not _storable(value):
         raise InvalidArgumentError(
-            f"{what} must be 1 to {max_length} characters without NUL, got {value[:40]!r}"
-            + ("..." if len(value) > 40 else "")
+            f"{what} must be 1 to {max_length} characters of valid text without NUL, "
+            f"got {value[:40]!r}" + ("..." if len(value) > 40 else "")
         )
     return value
+
+
+def _check_reason(reason: object) -> None:
+    if reason is not None and not (isinstance(reason, str) and _storable(reason)):
+        raise InvalidArgumentError(
+            f"reason must be None or valid text without NUL, got {reason!r:.80}"
+        )
 
 
 class CircuitBreaker:
@@ -112,9 +130,10 @@ class CircuitBreaker:
             _check_name("key", key, MAX_KEY_LENGTH)
         return self._store
 
-    def _fire(self, key: str, trigger: Trigger, reason: str | None = None) -> Decision:
+    def _fire(
+        self, key: str, trigger: Trigger, now: datetime, reason: str | None = None
+    ) -> Decision:
         store = self._open_store(key)
-        now = self._now()
         # Optimistic read: most calls (a healthy key, a rejection) change nothing, and a
         # decision drawn from committed state that writes nothing needs no lock.
         stored = store.load(key)
@@ -125,22 +144,25 @@ class CircuitBreaker:
 
     def check(self, key: str) -> None:
         """Admit a call to `key`, or raise CircuitOpenError."""
-        decision = self._fire(key, Trigger.CHECK)
+        now = self._now()
+        decision = self._fire(key, Trigger.CHECK, now)
         if not decision.fired:
             raise CircuitOpenError(
-                key, decision.before.state, retry_after(decision.before, self._now(), self.config)
+                key, decision.before.state, retry_after(decision.before, now, self.config)
             )
 
     def record_success(self, key: str) -> None:
         """Record a successful call: the key's circuit closes and its counts reset."""
-        self._fire(key, Trigger.SUCCESS)
+        self._fire(key, Trigger.SUCCESS, self._now())
 
     def record_failure(self, key: str, reason: str | None = None) -> None:
         """Record a failed call; `reason` is kept in the audit trail if this trips the circuit."""
-        self._fire(key, Trigger.FAILURE, reason)
+        _check_reason(reason)
+        self._fire(key, Trigger.FAILURE, self._now(), reason)
 
     def reset(self, key: str, *, reason: str | None = None) -> None:
         """Force a stored key's circuit closed, audited with this breaker's actor."""
+        _check_reason(reason)
         self._open_store(key).fire(
             key,
             Trigger.RESET,
@@ -157,7 +179,10 @@ class CircuitBreaker:
         return decide(stored or NEW_CIRCUIT, Trigger.CHECK, self._now(), self.config).fired
 
     def state(self, key: str) -> CircuitState:
-        """The stored state of `key` (CLOSED for a key never stored)."""
+        """The stored state of `key` (CLOSED for a key never stored).
+
+        An Open key whose cooldown has passed stays OPEN here until a `check` moves it.
+        """
         stored = self._open_store(key).load(key)
         return (stored or NEW_CIRCUIT).state
 

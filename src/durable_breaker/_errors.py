@@ -40,3 +40,7 @@ class CircuitOpenError(DurableBreakerError):
         self.key = key
         self.state = state
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, CircuitState, float | None]]:
+        # Rebuilt from its fields, so it survives pickling between worker processes.
+        return type(self), (self.key, self.state, self.retry_after)

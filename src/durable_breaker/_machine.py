@@ -217,12 +217,13 @@ def describe(decision: Decision, config: CircuitBreakerConfig) -> str | None:
 
 def retry_after(circuit: Circuit, now: datetime, config: CircuitBreakerConfig) -> float | None:
     """Seconds until `check` could admit a call on this circuit, or None when unknown."""
+    if decide(circuit, Trigger.CHECK, now, config).fired:
+        return 0.0
     if circuit.state is OPEN:
-        return max(0.0, config.cooldown.total_seconds() - _since(circuit.last_failure_at, now))
-    if circuit.state is HALF_OPEN and config.probe_timeout is not None:
-        waited = _since(circuit.half_open_since, now)
-        return max(0.0, config.probe_timeout.total_seconds() - waited)
-    return None if circuit.state is HALF_OPEN else 0.0
+        return config.cooldown.total_seconds() - _since(circuit.last_failure_at, now)
+    if config.probe_timeout is not None:  # half-open with its probe budget spent
+        return config.probe_timeout.total_seconds() - _since(circuit.half_open_since, now)
+    return None  # only a reported probe result can reopen the way
 
 
 def mermaid() -> str:

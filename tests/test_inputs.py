@@ -87,6 +87,7 @@ def test_an_sqlite_path_in_a_missing_folder_is_a_store_error(tmp_path: Path) -> 
         ("", "1 to 500 characters"),
         ("x" * 501, "1 to 500 characters"),
         ("a\x00b", "without NUL"),
+        ("\udc80", "valid text"),
         (42, "must be a str"),
     ],
 )

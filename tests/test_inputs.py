@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,19 @@ def test_an_sqlite_path_in_a_missing_folder_is_a_store_error(tmp_path: Path) -> 
         CircuitBreaker(f"sqlite:///{tmp_path}/no/such/folder/b.db")
 
 
+def _key_operations(breaker: CircuitBreaker) -> list[Callable[[str], object]]:
+    """Every public operation that takes a key."""
+    return [
+        breaker.check,
+        breaker.record_success,
+        breaker.record_failure,
+        breaker.is_available,
+        breaker.state,
+        breaker.history,
+        breaker.reset,
+    ]
+
+
 @pytest.mark.parametrize(
     ("key", "message"),
     [
@@ -95,15 +109,7 @@ def test_bad_keys_are_refused_before_touching_the_database(
     make_breaker: BreakerFactory, key: Any, message: str
 ) -> None:
     breaker = make_breaker()
-    for operation in (
-        breaker.check,
-        breaker.record_success,
-        breaker.record_failure,
-        breaker.is_available,
-        breaker.state,
-        breaker.history,
-        breaker.reset,
-    ):
+    for operation in _key_operations(breaker):
         with pytest.raises(InvalidArgumentError, match=message):
             operation(key)
 
@@ -133,15 +139,7 @@ def test_bad_namespace_and_config_are_refused(db_url: str) -> None:
 def test_a_closed_breaker_says_so(make_breaker: BreakerFactory) -> None:
     breaker = make_breaker()
     breaker.close()
-    for operation in (
-        breaker.check,
-        breaker.record_success,
-        breaker.record_failure,
-        breaker.is_available,
-        breaker.state,
-        breaker.history,
-        breaker.reset,
-    ):
+    for operation in _key_operations(breaker):
         with pytest.raises(DurableBreakerError, match="closed"):
             operation("k")
     with pytest.raises(DurableBreakerError, match="closed"):

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from durable_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState, 
 from durable_breaker import _migrations as migrations
 from durable_breaker._engine import make_engine
 from durable_breaker._tables import VERSION_TABLE, metadata
+
+from .conftest import run_in_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,22 +88,9 @@ def test_migrate_false_refuses_an_empty_database_and_names_the_command(db_url: s
 
 
 def test_many_breakers_starting_at_once_on_an_empty_database_all_come_up(db_url: str) -> None:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(6)
-
-    def start() -> None:
-        barrier.wait()
-        try:
-            CircuitBreaker(db_url).close()
-        except BaseException as error:  # collected and asserted below
-            errors.append(error)
-
-    threads = [threading.Thread(target=start) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    run_in_threads(lambda: CircuitBreaker(db_url).close(), 6)
+    with CircuitBreaker(db_url, migrate=False) as breaker:
+        assert breaker.status() == []
 
 
 @pytest.fixture

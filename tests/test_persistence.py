@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,7 @@ from durable_breaker import (
 )
 from durable_breaker._engine import make_engine
 
-from .conftest import BreakerFactory, FakeClock
+from .conftest import BreakerFactory, FakeClock, run_in_threads
 
 TRIP_AT_2 = CircuitBreakerConfig(failure_threshold=2, cooldown=timedelta(seconds=10))
 
@@ -261,11 +260,7 @@ def test_one_breaker_shared_by_threads_loses_no_failure(make_breaker: BreakerFac
         for _ in range(25):
             breaker.record_failure("k")
 
-    threads = [threading.Thread(target=fail_25_times) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(fail_25_times, 8)
     assert [s.consecutive_failures for s in breaker.status()] == [200]
 
 
@@ -279,10 +274,8 @@ def test_threads_share_one_half_open_probe_budget(
     breaker.record_failure("k")
     clock.advance(10)
     admitted: list[bool] = []
-    barrier = threading.Barrier(8)
 
     def probe() -> None:
-        barrier.wait()
         for _ in range(5):
             try:
                 breaker.check("k")
@@ -290,11 +283,7 @@ def test_threads_share_one_half_open_probe_budget(
             except CircuitOpenError:
                 admitted.append(False)
 
-    threads = [threading.Thread(target=probe) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(probe, 8)
     assert admitted.count(True) == 3
     assert len(admitted) == 40
 

@@ -36,13 +36,13 @@ class KeyStatus:
 
 def _storable(value: str) -> bool:
     """Whether every backend can store `value` as text: no NUL, valid UTF-8 (no lone surrogates)."""
-    if value.isascii():
-        return "\x00" not in value
+    if "\x00" in value:
+        return False
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         return False
-    return "\x00" not in value
+    return True
 
 
 def _check_name(what: str, value: object, max_length: int) -> str:

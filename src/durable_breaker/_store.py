@@ -119,10 +119,12 @@ class SqlStore:
                 )
                 if not (decision.changed or decision.audited):
                     return decision
-                if row is not None or self._insert(connection, key, decision.after, now):
+                if row is not None:
+                    self._update(connection, key, decision.after, now)
                     break
-            if row is not None:
-                self._update(connection, key, decision.after, now)
+                if self._insert(connection, key, decision.after, now):
+                    break
+                # Another process stored this key first: read it again, under its lock.
             if decision.audited:
                 connection.execute(
                     insert(transitions),

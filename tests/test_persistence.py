@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -314,3 +316,29 @@ def test_status_says_a_half_open_key_with_probes_left_admits_now(
     clock.advance(5)
     [status] = breaker.status()
     assert status.retry_after == pytest.approx(25.0)
+
+
+def _fail_and_probe(url: str, now: float, failures: int) -> int:
+    """In a worker process: record failures, then try for a probe; 1 if one was admitted."""
+    config = CircuitBreakerConfig(failure_threshold=10_000, cooldown=timedelta(seconds=10))
+    with CircuitBreaker(url, config, clock=lambda: now) as breaker:
+        for _ in range(failures):
+            breaker.record_failure("shared")
+        try:
+            breaker.check("tripped")
+        except CircuitOpenError:
+            return 0
+        return 1
+
+
+def test_processes_sharing_a_database_lose_no_failure_and_share_the_probe(
+    make_breaker: BreakerFactory, db_url: str, clock: FakeClock
+) -> None:
+    setup = make_breaker(CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=10)))
+    setup.record_failure("tripped")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(4, mp_context=context) as pool:
+        admitted = list(pool.map(_fail_and_probe, [db_url] * 4, [clock.now + 10] * 4, [30] * 4))
+    assert sum(admitted) == 1  # one half-open probe across all processes
+    counts = {s.key: s.consecutive_failures for s in setup.status()}
+    assert counts["shared"] == 120

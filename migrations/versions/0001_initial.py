@@ -21,7 +21,7 @@ STATES = "'closed', 'open', 'half_open'"
 def upgrade() -> None:
     op.create_table(
         "durable_breaker_circuit",
-        sa.Column("namespace", sa.String(200), nullable=False),
+        sa.Column("namespace", sa.String(100), nullable=False),
         sa.Column("key", sa.String(500), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("consecutive_failures", sa.Integer, nullable=False),
@@ -48,7 +48,7 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column("namespace", sa.String(200), nullable=False),
+        sa.Column("namespace", sa.String(100), nullable=False),
         sa.Column("key", sa.String(500), nullable=False),
         sa.Column("from_state", sa.String(16), nullable=False),
         sa.Column("to_state", sa.String(16), nullable=False),

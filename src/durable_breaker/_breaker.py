@@ -22,6 +22,8 @@ from ._state import NEW_CIRCUIT, CircuitState, Transition
 from ._store import SqlStore
 from ._tables import MAX_ACTOR_LENGTH, MAX_KEY_LENGTH, MAX_NAMESPACE_LENGTH
 
+_MAX_LIMIT = 2**63 - 1  # the largest LIMIT every backend accepts
+
 
 @dataclass(frozen=True, slots=True)
 class KeyStatus:
@@ -120,7 +122,13 @@ class CircuitBreaker:
         return self._actor or f"{socket.gethostname()}:{os.getpid()}"
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self._clock(), UTC)
+        seconds = self._clock()
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (TypeError, ValueError, OverflowError, OSError) as error:
+            raise InvalidArgumentError(
+                f"the clock returned {seconds!r}; it must return POSIX seconds as a float"
+            ) from error
 
     def _open_store(self, key: str | None = None) -> SqlStore:
         """The store, once the breaker is known to be open and `key` valid."""
@@ -130,35 +138,37 @@ class CircuitBreaker:
             _check_name("key", key, MAX_KEY_LENGTH)
         return self._store
 
-    def _fire(
-        self, key: str, trigger: Trigger, now: datetime, reason: str | None = None
-    ) -> Decision:
+    def _fire(self, key: str, trigger: Trigger, reason: str | None = None) -> Decision:
         store = self._open_store(key)
         # Optimistic read: most calls (a healthy key, a rejection) change nothing, and a
         # decision drawn from committed state that writes nothing needs no lock.
         stored = store.load(key)
-        decision = decide(stored or NEW_CIRCUIT, trigger, now, self.config)
+        decision = decide(stored or NEW_CIRCUIT, trigger, self._now(), self.config)
         if not (decision.changed or decision.audited):
             return decision
-        return store.fire(key, trigger, now, self.config, reason=reason, actor=self.actor)
+        return store.fire(key, trigger, self._now, self.config, reason=reason, actor=self.actor)
 
     def check(self, key: str) -> None:
         """Admit a call to `key`, or raise CircuitOpenError."""
-        now = self._now()
-        decision = self._fire(key, Trigger.CHECK, now)
+        decision = self._fire(key, Trigger.CHECK)
         if not decision.fired:
             raise CircuitOpenError(
-                key, decision.before.state, retry_after(decision.before, now, self.config)
+                key, decision.before.state, retry_after(decision.before, decision.now, self.config)
             )
 
     def record_success(self, key: str) -> None:
         """Record a successful call: the key's circuit closes and its counts reset."""
-        self._fire(key, Trigger.SUCCESS, self._now())
+        self._fire(key, Trigger.SUCCESS)
 
     def record_failure(self, key: str, reason: str | None = None) -> None:
-        """Record a failed call; `reason` is kept in the audit trail if this trips the circuit."""
+        """Record a failed call.
+
+        `reason` goes into the audit trail with the transition this failure causes (a trip,
+        or a failed probe reopening the circuit); a failure that changes no state is counted
+        but its reason is not kept.
+        """
         _check_reason(reason)
-        self._fire(key, Trigger.FAILURE, self._now(), reason)
+        self._fire(key, Trigger.FAILURE, reason)
 
     def reset(self, key: str, *, reason: str | None = None) -> None:
         """Force a stored key's circuit closed, audited with this breaker's actor."""
@@ -166,7 +176,7 @@ class CircuitBreaker:
         self._open_store(key).fire(
             key,
             Trigger.RESET,
-            self._now(),
+            self._now,
             self.config,
             reason=reason or "manual reset",
             actor=self.actor,
@@ -190,9 +200,11 @@ class CircuitBreaker:
         """The last `limit` transitions of `key` (all by default), oldest first."""
         store = self._open_store(key)
         if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+            isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= _MAX_LIMIT
         ):
-            raise InvalidArgumentError(f"limit must be None or an integer >= 0, got {limit!r}")
+            raise InvalidArgumentError(
+                f"limit must be None or an integer from 0 to {_MAX_LIMIT}, got {limit!r}"
+            )
         return store.history(key, limit)
 
     def status(self) -> list[KeyStatus]:

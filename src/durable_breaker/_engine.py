@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,17 +18,15 @@ DEFAULT_URL = "sqlite:///durable_breaker.db"
 SQLITE_BUSY_TIMEOUT_S = 5.0
 POSTGRES_CONNECT_TIMEOUT_S = 5
 _IMMEDIATE = "durable_breaker_immediate"
+_EXAMPLES = "expected e.g. sqlite:///breakers.db or postgresql://user@host/dbname"
 
 
 def parse_url(url: str | URL) -> URL:
     """Parse and normalise a database URL, or say clearly what is wrong with it."""
     try:
         parsed = make_url(url)
-    except exc.ArgumentError as error:
-        raise InvalidArgumentError(
-            f"not a database URL: {url!r}; expected e.g. sqlite:///breakers.db "
-            "or postgresql://user@host/dbname"
-        ) from error
+    except (exc.ArgumentError, ValueError, TypeError) as error:
+        raise InvalidArgumentError(f"not a database URL: {_scrub(url)!r}; {_EXAMPLES}") from error
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):
         if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
@@ -46,14 +47,37 @@ def parse_url(url: str | URL) -> URL:
     )
 
 
+def _scrub(url: object) -> str:
+    """An unparseable URL with anything that looks like a password removed."""
+    text = str(url)
+    text = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", text)
+    return re.sub(r"(password=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
+
+
 def safe_url(url: str | URL | Engine) -> str:
-    """The URL with any password masked, for messages and logs."""
+    """The URL with any password (in the user part or the query) masked, for messages."""
     if isinstance(url, Engine):
         url = url.url
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return "<unparseable URL>"
+        parsed = make_url(url)
+    except (exc.ArgumentError, ValueError, TypeError):
+        return _scrub(url)
+    hidden = {k: "***" for k in parsed.query if k.lower() == "password"}
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+
+
+# Engines we made, so a forked child can drop the connections it inherited (see below).
+_OWN_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _forget_inherited_connections() -> None:
+    # A connection shared by parent and child corrupts both; the child opens its own.
+    for engine in list(_OWN_ENGINES):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
 def make_engine(url: str | URL) -> Engine:
@@ -61,7 +85,8 @@ def make_engine(url: str | URL) -> Engine:
     parsed = parse_url(url)
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
-        connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_S
+        if "timeout" not in parsed.query:
+            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_S
     elif "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
     try:
@@ -70,9 +95,12 @@ def make_engine(url: str | URL) -> Engine:
         raise InvalidArgumentError(
             "PostgreSQL needs psycopg 3: pip install 'durable-breaker[postgres]'"
         ) from error
+    except (exc.ArgumentError, ValueError, TypeError) as error:
+        raise InvalidArgumentError(f"invalid database URL {safe_url(parsed)}: {error}") from error
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
     prepare_engine(engine)
+    _OWN_ENGINES.add(engine)
     return engine
 
 
@@ -97,8 +125,15 @@ def _sqlite_on_begin(connection: Connection) -> None:
     # pysqlite defers BEGIN to the first write, too late to serialise a read-decide-write
     # between processes: take the write lock up front, but only for our write transactions
     # (reads stay lock-free, and a caller's own transactions on a shared engine are untouched).
-    if connection.get_execution_options().get(_IMMEDIATE):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    if not connection.get_execution_options().get(_IMMEDIATE):
+        return
+    if connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        raise InvalidArgumentError(
+            "this SQLite Engine begins its own transactions (a 'begin' listener emitting BEGIN); "
+            "durable-breaker needs BEGIN IMMEDIATE: pass it a URL, or an Engine without that "
+            "listener"
+        )
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextmanager
@@ -106,10 +141,15 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     """One transaction that holds the write lock it needs from its first statement.
 
     SQLite: BEGIN IMMEDIATE locks the database. PostgreSQL: callers lock rows
-    (SELECT ... FOR UPDATE) or take an advisory lock.
+    (SELECT ... FOR UPDATE) or take an advisory lock, which only hold inside a real
+    transaction: READ COMMITTED is forced, whatever the engine's own isolation level
+    (AUTOCOMMIT would drop the locks at once; REPEATABLE READ would fail on conflicts).
     """
     with engine.connect() as connection:
-        connection.execution_options(**{_IMMEDIATE: True})
+        options: dict[str, Any] = {_IMMEDIATE: True}
+        if engine.dialect.name == "postgresql":
+            options["isolation_level"] = "READ COMMITTED"
+        connection.execution_options(**options)
         with connection.begin():
             yield connection
 

@@ -91,8 +91,10 @@ Effect = Callable[[Circuit, datetime], Circuit]
 
 
 def _since(moment: datetime | None, now: datetime) -> float:
-    # A missing timestamp counts as "long ago"; a clock that went backwards as "just now".
-    return float("inf") if moment is None else (now - moment).total_seconds()
+    # A missing timestamp counts as "long ago". A clock that went behind a stored time counts
+    # as "no time has passed" (the seed's monotonic clock saturates the same way), so the
+    # wait resumes once the clock passes the stored time again.
+    return float("inf") if moment is None else max(0.0, (now - moment).total_seconds())
 
 
 GUARDS: dict[str, Guard] = {
@@ -158,6 +160,7 @@ class Decision:
     """What one trigger does to one circuit."""
 
     fired: bool  # for `check`: whether the call is admitted
+    now: datetime  # the time it was decided at
     before: Circuit
     after: Circuit
     audited: bool  # an external transition (a state change or a renewal): goes in the audit trail
@@ -185,7 +188,9 @@ def decide(
     """Fire `trigger` on `circuit` at `now` as the declared machine would; pure."""
     step = select_step(circuit.state, trigger, lambda name: GUARDS[name](circuit, now, config))
     if step is None:
-        return Decision(fired=False, before=circuit, after=circuit, audited=False, guard=None)
+        return Decision(
+            fired=False, now=now, before=circuit, after=circuit, audited=False, guard=None
+        )
     after = circuit
     for effect in step.effects:
         after = EFFECTS[effect](after, now)
@@ -193,6 +198,7 @@ def decide(
         after = replace(after, state=step.dest)
     return Decision(
         fired=True,
+        now=now,
         before=circuit,
         after=after,
         audited=step.dest is not None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -96,14 +97,18 @@ class SqlStore:
         self,
         key: str,
         trigger: Trigger,
-        now: datetime,
+        clock: Callable[[], datetime],
         config: CircuitBreakerConfig,
         *,
         reason: str | None,
         actor: str,
         must_exist: bool = False,
     ) -> Decision:
-        """Read, decide and write `key` atomically, with its audit row in the same transaction."""
+        """Read, decide and write `key` atomically, with its audit row in the same transaction.
+
+        The time is read once the row is locked, so a call that waited for the lock never
+        writes a time older than the one it waited behind.
+        """
         with (
             translate_errors(self.engine, "update a circuit"),
             write_transaction(self.engine) as connection,
@@ -114,6 +119,7 @@ class SqlStore:
                     raise UnknownKeyError(
                         f"no circuit is stored for key {key!r} in namespace {self.namespace!r}"
                     )
+                now = clock()
                 decision = decide(
                     NEW_CIRCUIT if row is None else _circuit(row), trigger, now, config
                 )

@@ -36,7 +36,9 @@ metadata = MetaData(
     }
 )
 
-MAX_NAMESPACE_LENGTH = 200
+# In characters. With 4-byte characters throughout, namespace + key still fit PostgreSQL's
+# B-tree row limit (2704 bytes) for the primary key and the history index.
+MAX_NAMESPACE_LENGTH = 100
 MAX_KEY_LENGTH = 500
 MAX_ACTOR_LENGTH = 200
 VERSION_TABLE = "durable_breaker_alembic_version"

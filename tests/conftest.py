@@ -92,7 +92,7 @@ def postgres_admin_url() -> str:
     return POSTGRES_URL
 
 
-def _postgres_schema_url(admin_url: str) -> Iterator[str]:
+def postgres_schema_url(admin_url: str) -> Iterator[str]:
     """A fresh schema on the test server, dropped afterwards; its URL selects it."""
     schema = f"db_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -113,7 +113,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'breaker.db'}"
         return
-    yield from _postgres_schema_url(request.getfixturevalue("postgres_admin_url"))
+    yield from postgres_schema_url(request.getfixturevalue("postgres_admin_url"))
 
 
 @pytest.fixture

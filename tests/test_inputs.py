@@ -121,7 +121,7 @@ def test_the_longest_allowed_key_round_trips(make_breaker: BreakerFactory) -> No
     assert breaker.history(key)[0].key == key
 
 
-@pytest.mark.parametrize("limit", [-1, 1.5, "3", True])
+@pytest.mark.parametrize("limit", [-1, 1.5, "3", True, 2**63])
 def test_bad_history_limit_is_refused(make_breaker: BreakerFactory, limit: object) -> None:
     with pytest.raises(InvalidArgumentError, match="limit"):
         make_breaker().history("k", limit)  # type: ignore[arg-type]
@@ -179,3 +179,43 @@ def test_circuit_open_error_survives_pickling_between_processes() -> None:
         12.5,
         "circuit breaker open for model gpt-4o",
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:s3cret@host:abc/db",
+        "postgresql://u:s3cret@[::1/db",
+        "postgres ql://u:s3cret@h/db",
+        "sqlite:///x.db?timeout=abc",
+    ],
+)
+def test_malformed_urls_are_refused_without_echoing_a_password(url: str) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        CircuitBreaker(url)
+    assert "s3cret" not in str(raised.value)
+
+
+def test_a_password_in_the_url_query_is_masked_in_errors() -> None:
+    url = "postgresql://admin@127.0.0.1:1/db?password=s3cret&connect_timeout=1"
+    with pytest.raises(StoreError) as raised:
+        CircuitBreaker(url)
+    assert "s3cret" not in str(raised.value) and "127.0.0.1:1" in str(raised.value)
+
+
+@pytest.mark.parametrize("reading", [float("nan"), None, "soon", 1e20])
+def test_a_clock_that_returns_no_time_is_named(make_breaker: BreakerFactory, reading: Any) -> None:
+    breaker = make_breaker(clock=lambda: reading)
+    with pytest.raises(InvalidArgumentError, match="the clock returned"):
+        breaker.check("k")
+
+
+def test_the_longest_namespace_and_key_in_four_byte_characters_fit(
+    make_breaker: BreakerFactory,
+) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=1), namespace="🔥" * 100)
+    key = "🧠" * 500
+    breaker.record_failure(key)
+    assert breaker.history(key)[0].key == key
+    with pytest.raises(InvalidArgumentError, match="namespace"):
+        make_breaker(namespace="🔥" * 101)

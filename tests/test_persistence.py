@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -17,11 +19,12 @@ from durable_breaker import (
     CircuitBreakerConfig,
     CircuitOpenError,
     CircuitState,
+    InvalidArgumentError,
     StoreError,
 )
 from durable_breaker._engine import make_engine
 
-from .conftest import BreakerFactory, FakeClock, run_in_threads
+from .conftest import BreakerFactory, FakeClock, postgres_schema_url, run_in_threads
 
 TRIP_AT_2 = CircuitBreakerConfig(failure_threshold=2, cooldown=timedelta(seconds=10))
 
@@ -168,9 +171,6 @@ def test_a_trip_is_audited_with_count_reason_and_actor(make_breaker: BreakerFact
 
 
 def test_the_default_actor_is_host_and_pid(make_breaker: BreakerFactory) -> None:
-    import os
-    import socket
-
     breaker = make_breaker(TRIP_AT_2)
     breaker.record_failure("k")
     breaker.record_failure("k")
@@ -223,7 +223,8 @@ def test_a_lost_probe_is_renewed_after_probe_timeout(
     with pytest.raises(CircuitOpenError) as raised:
         breaker.check("k")
     assert raised.value.retry_after == pytest.approx(1.0)
-    make_breaker(config).close()  # a restart does not release it either...
+    with make_breaker(config) as restarted, pytest.raises(CircuitOpenError):
+        restarted.check("k")  # a restart does not release it either...
     clock.advance(1)
     breaker.check("k")  # ...but probe_timeout does
     renewal = breaker.history("k")[-1]
@@ -342,3 +343,90 @@ def test_processes_sharing_a_database_lose_no_failure_and_share_the_probe(
     assert sum(admitted) == 1  # one half-open probe across all processes
     counts = {s.key: s.consecutive_failures for s in setup.status()}
     assert counts["shared"] == 120
+
+
+@pytest.mark.parametrize("isolation_level", ["AUTOCOMMIT", "SERIALIZABLE"])
+def test_a_caller_engine_with_another_isolation_level_loses_no_update(
+    db_url: str, clock: FakeClock, isolation_level: str
+) -> None:
+    url = db_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    engine = sa.create_engine(url, isolation_level=isolation_level)
+    try:
+        with CircuitBreaker(engine, CircuitBreakerConfig(failure_threshold=10_000)) as breaker:
+
+            def fail_25_times() -> None:
+                for _ in range(25):
+                    breaker.record_failure("k")
+
+            run_in_threads(fail_25_times, 8)
+            assert [s.consecutive_failures for s in breaker.status()] == [200]
+    finally:
+        engine.dispose()
+
+
+def test_a_sqlite_engine_that_begins_its_own_transactions_is_refused_clearly(
+    tmp_path: Any, clock: FakeClock
+) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'own.db'}")
+
+    @sa.event.listens_for(engine, "connect")
+    def autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    try:
+        with pytest.raises(InvalidArgumentError, match="BEGIN IMMEDIATE"):
+            CircuitBreaker(engine, clock=clock)
+    finally:
+        engine.dispose()
+
+
+def test_a_forked_child_opens_its_own_connections(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker(TRIP_AT_2)
+    breaker.record_failure("k")  # the parent now holds a pooled connection
+    pid = os.fork()
+    if pid == 0:  # the child: use the inherited breaker, report through the exit code
+        code = 1
+        try:
+            breaker.record_failure("k", reason="from the child")
+            code = 0 if breaker.state("k") is CircuitState.OPEN else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert breaker.history("k")[-1].reason == "from the child"  # the parent still works
+
+
+@pytest.fixture
+def pg_url(postgres_admin_url: str) -> Iterator[str]:
+    yield from postgres_schema_url(postgres_admin_url)
+
+
+@pytest.mark.postgres
+def test_a_key_first_stored_by_another_process_mid_transaction_is_reread(
+    pg_url: str, clock: FakeClock
+) -> None:
+    engine = make_engine(pg_url)
+    rival = make_engine(pg_url)
+
+    def rival_stores_the_key_first(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("INSERT INTO durable_breaker_circuit") and not stored:
+            stored.append(True)
+            with CircuitBreaker(rival, TRIP_AT_2, clock=clock, actor="rival") as other:
+                other.record_failure("k")
+
+    stored: list[bool] = []
+    try:
+        with CircuitBreaker(engine, TRIP_AT_2, clock=clock) as breaker:
+            sa.event.listen(engine, "before_cursor_execute", rival_stores_the_key_first)
+            breaker.record_failure("k", reason="second")  # its INSERT now conflicts
+            assert stored == [True]
+            assert breaker.state("k") is CircuitState.OPEN  # 1 (rival) + 1 (ours) = 2
+            [trip] = breaker.history("k")
+            assert (trip.consecutive_failures, trip.reason) == (2, "second")
+    finally:
+        engine.dispose()
+        rival.dispose()

@@ -222,14 +222,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="durable-breaker", description="A durable, shared, audited per-key circuit breaker."
     )
     parser.add_argument(
-        "--url",
-        default=os.environ.get("DURABLE_BREAKER_URL", DEFAULT_URL),
-        help="database URL (default: $DURABLE_BREAKER_URL, else %(default)s)",
+        "--url", help=f"database URL (default: $DURABLE_BREAKER_URL, else {DEFAULT_URL})"
     )
     parser.add_argument(
         "--namespace",
-        default=os.environ.get("DURABLE_BREAKER_NAMESPACE", "default"),
-        help="breaker group within the database (default: %(default)s)",
+        help="breaker group within the database (default: $DURABLE_BREAKER_NAMESPACE, "
+        "else 'default'; the demo uses 'demo')",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("migrate", help="upgrade the schema to the newest revision")
@@ -265,6 +263,13 @@ def run(
     out = out or sys.stdout
     err = err or sys.stderr
     args = _parser().parse_args(argv)
+    if args.command == "demo":
+        # The demo trips gpt-4o on a simulated clock: keep it off real breakers unless asked.
+        args.url = args.url or DEFAULT_URL
+        args.namespace = args.namespace or "demo"
+    else:
+        args.url = args.url or os.environ.get("DURABLE_BREAKER_URL") or DEFAULT_URL
+        args.namespace = args.namespace or os.environ.get("DURABLE_BREAKER_NAMESPACE") or "default"
     try:
         return _COMMANDS[args.command](args, out)
     except DurableBreakerError as error:
@@ -272,6 +277,16 @@ def run(
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as error:
+        # Not a user error but a bug: still one line, unless asked for the traceback.
+        if os.environ.get("DURABLE_BREAKER_DEBUG"):
+            raise
+        print(
+            f"durable-breaker: internal error: {type(error).__name__}: {error} "
+            "(set DURABLE_BREAKER_DEBUG=1 for the traceback, and please report it)",
+            file=err,
+        )
+        return 70
 
 
 def main() -> None:

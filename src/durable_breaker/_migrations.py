@@ -115,6 +115,6 @@ def ensure_schema(engine: Engine, migrate: bool | None) -> None:
         else (f"is at schema revision {revision!r}, older than this library's {head()!r}")
     )
     raise SchemaError(
-        f"{safe_url(engine)} {state}; run `durable-breaker --url URL migrate` "
-        "(or pass migrate=True) to upgrade it"
+        f"{safe_url(engine)} {state}; upgrade it with `durable-breaker --url URL migrate` "
+        "(or from Python, CircuitBreaker(..., migrate=True))"
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ import durable_breaker
 from durable_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState, SchemaError
 from durable_breaker import _migrations as migrations
 from durable_breaker._engine import make_engine
-from durable_breaker._tables import VERSION_TABLE, metadata
+from durable_breaker._tables import VERSION_TABLE, circuits, metadata
 
 from .conftest import run_in_threads
 
@@ -168,3 +171,40 @@ def test_the_alembic_cli_migrates_from_the_repository_root(db_url: str, engine: 
     assert done.returncode == 0, done.stderr
     with engine.connect() as connection:
         assert migrations.current_revision(connection) == migrations.head()
+
+
+def test_migrations_build_the_declared_constraint_names(engine: sa.Engine) -> None:
+    migrations.upgrade(engine)
+    inspector = sa.inspect(engine)
+    for table in metadata.tables.values():
+        declared = {c.name for c in table.constraints if isinstance(c, sa.CheckConstraint)}
+        built = {c["name"] for c in inspector.get_check_constraints(table.name)}
+        assert built == declared, table.name
+        assert inspector.get_pk_constraint(table.name)["name"] == table.primary_key.name
+
+
+def test_the_database_refuses_a_state_the_library_does_not_know(engine: sa.Engine) -> None:
+    migrations.upgrade(engine)
+    row = {
+        "namespace": "n",
+        "key": "k",
+        "state": "ajar",
+        "consecutive_failures": 0,
+        "half_open_probes": 0,
+        "version": 1,
+        "updated_at": datetime.now(UTC),
+    }
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+        connection.execute(sa.insert(circuits), row)
+
+
+def _start(url: str) -> str:
+    """In a worker process: open a breaker on the shared database."""
+    with CircuitBreaker(url) as breaker:
+        return breaker.state("k").value
+
+
+def test_processes_starting_at_once_on_an_empty_database_all_come_up(db_url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(4, mp_context=context) as pool:
+        assert list(pool.map(_start, [db_url] * 4)) == ["closed"] * 4

@@ -30,15 +30,15 @@ def upgrade() -> None:
         sa.Column("half_open_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("version", sa.BigInteger, nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.CheckConstraint(f"state IN ({STATES})", name="ck_durable_breaker_circuit_state"),
+        sa.CheckConstraint(f"state IN ({STATES})", name=op.f("ck_durable_breaker_circuit_state")),
         sa.CheckConstraint(
             "consecutive_failures >= 0",
-            name="ck_durable_breaker_circuit_consecutive_failures",
+            name=op.f("ck_durable_breaker_circuit_consecutive_failures"),
         ),
         sa.CheckConstraint(
-            "half_open_probes >= 0", name="ck_durable_breaker_circuit_half_open_probes"
+            "half_open_probes >= 0", name=op.f("ck_durable_breaker_circuit_half_open_probes")
         ),
-        sa.PrimaryKeyConstraint("namespace", "key", name="pk_durable_breaker_circuit"),
+        sa.PrimaryKeyConstraint("namespace", "key", name=op.f("pk_durable_breaker_circuit")),
     )
     op.create_table(
         "durable_breaker_transition",
@@ -58,19 +58,19 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text, nullable=True),
         sa.Column("actor", sa.String(200), nullable=False),
         sa.CheckConstraint(
-            f"from_state IN ({STATES})", name="ck_durable_breaker_transition_from_state"
+            f"from_state IN ({STATES})", name=op.f("ck_durable_breaker_transition_from_state")
         ),
         sa.CheckConstraint(
-            f"to_state IN ({STATES})", name="ck_durable_breaker_transition_to_state"
+            f"to_state IN ({STATES})", name=op.f("ck_durable_breaker_transition_to_state")
         ),
-        sa.PrimaryKeyConstraint("id", name="pk_durable_breaker_transition"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_durable_breaker_transition")),
     )
     op.create_index(
-        "ix_durable_breaker_transition_key",
+        op.f("ix_durable_breaker_transition_key"),
         "durable_breaker_transition",
         ["namespace", "key", "id"],
     )
-    op.create_index("ix_durable_breaker_transition_at", "durable_breaker_transition", ["at"])
+    op.create_index(op.f("ix_durable_breaker_transition_at"), "durable_breaker_transition", ["at"])
 
 
 def downgrade() -> None:

@@ -11,9 +11,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from durable_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
-from durable_breaker._cli import run
+from durable_breaker._cli import _COMMANDS, run
+from durable_breaker._engine import make_engine
 from durable_breaker._machine import mermaid
 
 from .conftest import FakeClock
@@ -154,3 +156,31 @@ def test_the_installed_script_runs_and_reads_the_url_from_the_environment(trippe
         [str(script), "--url", "nonsense", "status"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
+
+
+def test_the_demo_keeps_to_the_embedded_default_and_its_own_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DURABLE_BREAKER_URL", db_url)  # a "production" database
+    code, out, _ = cli("demo")
+    assert code == 0 and "sqlite:///durable_breaker.db, namespace 'demo'" in out
+    assert (tmp_path / "durable_breaker.db").is_file()
+    production = make_engine(db_url)
+    try:
+        assert sa.inspect(production).get_table_names() == []  # untouched
+    finally:
+        production.dispose()
+
+
+def test_an_unexpected_error_is_still_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(_args: object, _out: object) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(_COMMANDS, "diagram", broken)
+    code, _, err = cli("diagram")
+    assert code == 70
+    assert err.strip().splitlines() == [
+        "durable-breaker: internal error: RuntimeError: boom (set DURABLE_BREAKER_DEBUG=1 "
+        "for the traceback, and please report it)"
+    ]

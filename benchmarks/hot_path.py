@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from durable_breaker import CircuitBreaker, CircuitBreakerConfig
 
@@ -67,27 +68,37 @@ def bench_sqlite(repeat: int, calls: int) -> None:
 
 
 def bench_postgres(url: str, repeat: int, calls: int) -> None:
+    """Measure in a schema of its own, dropped afterwards: the server is left as it was."""
     import psycopg
 
-    namespace = f"bench-{uuid.uuid4().hex}"
     raw_url = url.replace("postgresql+psycopg://", "postgresql://")
-    with (
-        CircuitBreaker(
-            url, CircuitBreakerConfig(failure_threshold=10**9), namespace=namespace
-        ) as breaker,
-        psycopg.connect(raw_url, autocommit=True, prepare_threshold=0) as raw,
-    ):
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(raw_url, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            with psycopg.connect(
+                raw_url, autocommit=True, prepare_threshold=0, options=f"-csearch_path={schema}"
+            ) as raw:
+                _bench_postgres(
+                    f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}",
+                    raw,
+                    repeat,
+                    calls,
+                )
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def _bench_postgres(url: str, raw: Any, repeat: int, calls: int) -> None:
+    with CircuitBreaker(url, CircuitBreakerConfig(failure_threshold=10**9)) as breaker:
         breaker.record_failure("gpt-4o")
         breaker.record_success("gpt-4o")
         query = "SELECT state FROM durable_breaker_circuit WHERE namespace = %s AND key = %s"
         cases = {
-            "raw driver read": lambda: raw.execute(query, (namespace, "gpt-4o")).fetchone(),
+            "raw driver read": lambda: raw.execute(query, ("default", "gpt-4o")).fetchone(),
             **_breaker_cases(breaker, "gpt-4o"),
         }
-        try:
-            _report("PostgreSQL, healthy key", cases, repeat, calls // 4)
-        finally:
-            raw.execute("DELETE FROM durable_breaker_circuit WHERE namespace = %s", (namespace,))
+        _report("PostgreSQL, healthy key", cases, repeat, calls // 4)
 
 
 def main() -> None:

@@ -219,3 +219,11 @@ def test_the_longest_namespace_and_key_in_four_byte_characters_fit(
     assert breaker.history(key)[0].key == key
     with pytest.raises(InvalidArgumentError, match="namespace"):
         make_breaker(namespace="🔥" * 101)
+
+
+def test_the_repr_names_the_database_without_its_password(db_url: str) -> None:
+    url = db_url.replace("postgres@", "postgres:s3cret@", 1)  # trust auth ignores it
+    breaker = CircuitBreaker(url, namespace="inference")
+    assert "s3cret" not in repr(breaker) and "namespace='inference'" in repr(breaker)
+    breaker.close()
+    assert repr(breaker).endswith(", closed)")

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from ._config import CircuitBreakerConfig
-from ._engine import DEFAULT_URL, make_engine, prepare_engine
+from ._engine import DEFAULT_URL, make_engine, prepare_engine, safe_url
 from ._errors import CircuitOpenError, DurableBreakerError, InvalidArgumentError
 from ._machine import Decision, Trigger, decide, retry_after
 from ._migrations import ensure_schema
@@ -226,6 +226,12 @@ class CircuitBreaker:
         if not self._closed and self._owns_engine:
             self._store.engine.dispose()
         self._closed = True
+
+    def __repr__(self) -> str:
+        return (
+            f"CircuitBreaker({safe_url(self._store.engine)!r}, namespace={self.namespace!r}"
+            f"{', closed' if self._closed else ''})"
+        )
 
     def __enter__(self) -> CircuitBreaker:
         return self

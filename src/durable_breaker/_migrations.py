@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -16,6 +17,7 @@ from ._engine import safe_url, translate_errors, write_transaction
 from ._errors import SchemaError
 from ._tables import VERSION_TABLE, metadata
 
+_log = logging.getLogger("durable_breaker")
 # Any fixed number: the key of the PostgreSQL advisory lock held while migrating.
 _PG_MIGRATION_LOCK = 0x6475726162
 
@@ -107,7 +109,9 @@ def ensure_schema(engine: Engine, migrate: bool | None) -> None:
             return
         _refuse_unknown(connection, revision)
     if migrate or (revision is None and migrate is None):
-        upgrade(engine)
+        before, after = upgrade(engine)
+        if before != after:
+            _log.info("migrated %s from %s to %s", safe_url(engine), before or "empty", after)
         return
     state = (
         "has no durable-breaker schema"

@@ -83,7 +83,9 @@ def test_diagram_draws_every_state_change_of_the_declaration() -> None:
     assert diagram.startswith("stateDiagram-v2\n    [*] --> closed\n")
     assert "    closed --> open : failure [threshold_reached]" in diagram
     assert "    open --> half_open : check [cooldown_elapsed]" in diagram
-    assert "    half_open --> half_open : check [probe_timed_out]" in diagram
+    assert (
+        "    half_open --> half_open : check [not probe_budget_left and probe_timed_out]" in diagram
+    )
     assert "    half_open --> open : failure" in diagram
     assert "    half_open --> closed : success" in diagram
     external = sum(

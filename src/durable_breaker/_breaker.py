@@ -88,12 +88,12 @@ class CircuitBreaker:
         `migrate`: None creates an empty schema but refuses an outdated one; True
         also upgrades an outdated schema; False never changes the schema.
         """
-        self.config = config if config is not None else CircuitBreakerConfig()
-        if not isinstance(self.config, CircuitBreakerConfig):
+        self._config = config if config is not None else CircuitBreakerConfig()
+        if not isinstance(self._config, CircuitBreakerConfig):
             raise InvalidArgumentError(
                 f"config must be a CircuitBreakerConfig, got {type(config).__name__}"
             )
-        self.namespace = _check_name("namespace", namespace, MAX_NAMESPACE_LENGTH)
+        self._namespace = _check_name("namespace", namespace, MAX_NAMESPACE_LENGTH)
         self._actor = None if actor is None else _check_name("actor", actor, MAX_ACTOR_LENGTH)
         if not callable(clock):
             raise InvalidArgumentError(
@@ -112,8 +112,18 @@ class CircuitBreaker:
             if self._owns_engine:
                 engine.dispose()
             raise
-        self._store = SqlStore(engine, self.namespace)
+        self._store = SqlStore(engine, self._namespace)
         self._closed = False
+
+    @property
+    def config(self) -> CircuitBreakerConfig:
+        """The settings this breaker decides with."""
+        return self._config
+
+    @property
+    def namespace(self) -> str:
+        """The breaker group this breaker reads and writes."""
+        return self._namespace
 
     @property
     def actor(self) -> str:
@@ -143,17 +153,17 @@ class CircuitBreaker:
         # Optimistic read: most calls (a healthy key, a rejection) change nothing, and a
         # decision drawn from committed state that writes nothing needs no lock.
         stored = store.load(key)
-        decision = decide(stored or NEW_CIRCUIT, trigger, self._now(), self.config)
-        if not (decision.changed or decision.audited):
+        decision = decide(stored or NEW_CIRCUIT, trigger, self._now(), self._config)
+        if not decision.needs_write:
             return decision
-        return store.fire(key, trigger, self._now, self.config, reason=reason, actor=self.actor)
+        return store.fire(key, trigger, self._now, self._config, reason=reason, actor=self.actor)
 
     def check(self, key: str) -> None:
         """Admit a call to `key`, or raise CircuitOpenError."""
         decision = self._fire(key, Trigger.CHECK)
         if not decision.fired:
             raise CircuitOpenError(
-                key, decision.before.state, retry_after(decision.before, decision.now, self.config)
+                key, decision.before.state, retry_after(decision.before, decision.now, self._config)
             )
 
     def record_success(self, key: str) -> None:
@@ -170,23 +180,34 @@ class CircuitBreaker:
         _check_reason(reason)
         self._fire(key, Trigger.FAILURE, reason)
 
-    def reset(self, key: str, *, reason: str | None = None) -> None:
-        """Force a stored key's circuit closed, audited with this breaker's actor."""
+    def reset(self, key: str, *, reason: str | None = None) -> Transition:
+        """Force a stored key's circuit closed; return the audited transition."""
         _check_reason(reason)
-        self._open_store(key).fire(
+        reason, actor = reason or "manual reset", self.actor
+        decision = self._open_store(key).fire(
             key,
             Trigger.RESET,
             self._now,
-            self.config,
-            reason=reason or "manual reset",
-            actor=self.actor,
+            self._config,
+            reason=reason,
+            actor=actor,
             must_exist=True,
+        )
+        return Transition(
+            key=key,
+            from_state=decision.before.state,
+            to_state=decision.after.state,
+            trigger=Trigger.RESET.value,
+            at=decision.now,
+            consecutive_failures=decision.after.consecutive_failures,
+            reason=reason,
+            actor=actor,
         )
 
     def is_available(self, key: str) -> bool:
         """Whether `check` would admit a call now; reads only, spends no probe."""
         stored = self._open_store(key).load(key)
-        return decide(stored or NEW_CIRCUIT, Trigger.CHECK, self._now(), self.config).fired
+        return decide(stored or NEW_CIRCUIT, Trigger.CHECK, self._now(), self._config).fired
 
     def state(self, key: str) -> CircuitState:
         """The stored state of `key` (CLOSED for a key never stored).
@@ -216,7 +237,7 @@ class CircuitBreaker:
                 state=stored.circuit.state,
                 consecutive_failures=stored.circuit.consecutive_failures,
                 since=stored.since,
-                retry_after=retry_after(stored.circuit, now, self.config),
+                retry_after=retry_after(stored.circuit, now, self._config),
             )
             for stored in self._open_store().circuits()
         ]

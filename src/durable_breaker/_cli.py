@@ -13,7 +13,7 @@ from typing import TextIO
 
 from ._breaker import CircuitBreaker
 from ._config import CircuitBreakerConfig
-from ._engine import DEFAULT_URL, make_engine, parse_url, safe_url
+from ._engine import DEFAULT_URL, make_engine, safe_url
 from ._errors import CircuitOpenError, DurableBreakerError, InvalidArgumentError
 from ._machine import mermaid
 from ._migrations import upgrade
@@ -48,16 +48,6 @@ def _transition_line(t: Transition) -> str:
     )
 
 
-def _require_database(url: str) -> None:
-    """Refuse to create an SQLite file just to report on it."""
-    parsed = parse_url(url)
-    if parsed.get_backend_name() == "sqlite" and not os.path.exists(parsed.database or ""):
-        raise InvalidArgumentError(
-            f"no database file at {parsed.database!r}; check --url, or run "
-            "`durable-breaker migrate` to create one"
-        )
-
-
 def _cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     engine = make_engine(args.url)
     try:
@@ -76,13 +66,19 @@ def _cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _open(args: argparse.Namespace) -> CircuitBreaker:
-    _require_database(args.url)
-    return CircuitBreaker(args.url, namespace=args.namespace, migrate=False)
+def _open(args: argparse.Namespace, config: CircuitBreakerConfig | None = None) -> CircuitBreaker:
+    """The breaker for a reading or resetting command: never creates or migrates a database."""
+    return CircuitBreaker(args.url, config, namespace=args.namespace, migrate=False)
 
 
 def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    with _open(args) as breaker:
+    # The settings live in the applications, not the database: RETRY-AFTER needs them told.
+    config = CircuitBreakerConfig(
+        cooldown=timedelta(seconds=args.cooldown),
+        half_open_max=args.half_open_max,
+        probe_timeout=None if args.probe_timeout is None else timedelta(seconds=args.probe_timeout),
+    )
+    with _open(args, config) as breaker:
         rows = breaker.status()
     if args.json:
         json.dump(
@@ -141,9 +137,8 @@ def _cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
             f"reset changes the circuit of {args.key!r} for every process; add --yes to confirm"
         )
     with _open(args) as breaker:
-        breaker.reset(args.key, reason=args.reason)
-        last = breaker.history(args.key, limit=1)[-1]
-    print(f"reset {args.key!r}: {_transition_line(last)}", file=out)
+        done = breaker.reset(args.key, reason=args.reason)
+    print(f"reset {args.key!r}: {_transition_line(done)}", file=out)
     return 0
 
 
@@ -217,6 +212,10 @@ class _DemoClock:
         return self.now
 
 
+def _seconds_or_none(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="durable-breaker", description="A durable, shared, audited per-key circuit breaker."
@@ -231,8 +230,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("migrate", help="upgrade the schema to the newest revision")
-    status = commands.add_parser("status", help="every key with its state")
+    status = commands.add_parser(
+        "status",
+        help="every key with its state",
+        description="Every key with its state. RETRY-AFTER depends on the settings your "
+        "breakers use, which the database does not hold: pass them if they differ from the "
+        "defaults.",
+    )
     status.add_argument("--json", action="store_true")
+    defaults = CircuitBreakerConfig()
+    status.add_argument(
+        "--cooldown",
+        type=float,
+        metavar="SECONDS",
+        default=defaults.cooldown.total_seconds(),
+        help="default: %(default)s",
+    )
+    status.add_argument(
+        "--half-open-max",
+        type=int,
+        metavar="N",
+        default=defaults.half_open_max,
+        help="default: %(default)s",
+    )
+    status.add_argument(
+        "--probe-timeout",
+        type=_seconds_or_none,
+        metavar="SECONDS|none",
+        default=defaults.probe_timeout and defaults.probe_timeout.total_seconds(),
+        help="default: %(default)s",
+    )
     history = commands.add_parser("history", help="a key's transitions, oldest first")
     history.add_argument("key")
     history.add_argument("--limit", type=int, default=None, help="only the last N")
@@ -277,6 +304,8 @@ def run(
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
     except Exception as error:
         # Not a user error but a bug: still one line, unless asked for the traceback.
         if os.environ.get("DURABLE_BREAKER_DEBUG"):

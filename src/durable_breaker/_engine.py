@@ -15,8 +15,10 @@ from sqlalchemy.engine import URL, make_url
 from ._errors import InvalidArgumentError, StoreError
 
 DEFAULT_URL = "sqlite:///durable_breaker.db"
+# Bounds on waiting for the database; a URL that sets its own keeps it.
 SQLITE_BUSY_TIMEOUT_S = 5.0
 POSTGRES_CONNECT_TIMEOUT_S = 5
+POSTGRES_LOCK_TIMEOUT_MS = 5000
 _IMMEDIATE = "durable_breaker_immediate"
 _EXAMPLES = "expected e.g. sqlite:///breakers.db or postgresql://user@host/dbname"
 
@@ -36,6 +38,11 @@ def parse_url(url: str | URL) -> URL:
             "use a postgresql:// or postgresql+psycopg:// URL"
         )
     if backend == "sqlite":
+        if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
+            raise InvalidArgumentError(
+                f"durable-breaker talks to SQLite through Python's sqlite3, not "
+                f"{parsed.drivername!r}: use a sqlite:/// URL"
+            )
         if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
             raise InvalidArgumentError(
                 "an in-memory SQLite database is not durable and not shared between connections; "
@@ -87,8 +94,15 @@ def make_engine(url: str | URL) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if "timeout" not in parsed.query:
             connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_S
-    elif "connect_timeout" not in parsed.query:
-        connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+    else:
+        if "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+        # A row lock held by a stalled process must not block every writer of the key forever.
+        options = str(parsed.query.get("options", ""))
+        if "lock_timeout" not in options:
+            connect_args["options"] = (
+                f"{options} -c lock_timeout={POSTGRES_LOCK_TIMEOUT_MS}".strip()
+            )
     try:
         engine = create_engine(parsed, connect_args=connect_args)
     except ImportError as error:

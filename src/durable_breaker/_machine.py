@@ -21,8 +21,6 @@ from transitions import Machine
 from ._config import CircuitBreakerConfig
 from ._state import Circuit, CircuitState
 
-CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
-
 
 class Trigger(StrEnum):
     """The events that drive a circuit; the values are what the audit trail stores."""
@@ -82,7 +80,7 @@ MACHINE = Machine(
     model=None,
     states=[state.value for state in CircuitState],
     transitions=TRANSITIONS,
-    initial=CLOSED.value,
+    initial=CircuitState.CLOSED.value,
     auto_transitions=False,
 )
 
@@ -168,8 +166,13 @@ class Decision:
 
     @property
     def changed(self) -> bool:
-        """Whether anything must be written."""
+        """Whether the circuit's stored values change."""
         return self.after != self.before
+
+    @property
+    def needs_write(self) -> bool:
+        """Whether the store must write anything: new values, or an audit row."""
+        return self.changed or self.audited
 
 
 def select_step(
@@ -202,7 +205,7 @@ def decide(
         before=circuit,
         after=after,
         audited=step.dest is not None,
-        guard=step.guards[-1][0] if step.guards else None,
+        guard=next((name for name, target in reversed(step.guards) if target), None),
     )
 
 
@@ -225,21 +228,34 @@ def retry_after(circuit: Circuit, now: datetime, config: CircuitBreakerConfig) -
     """Seconds until `check` could admit a call on this circuit, or None when unknown."""
     if decide(circuit, Trigger.CHECK, now, config).fired:
         return 0.0
-    if circuit.state is OPEN:
+    if circuit.state is CircuitState.OPEN:
         return config.cooldown.total_seconds() - _since(circuit.last_failure_at, now)
     if config.probe_timeout is not None:  # half-open with its probe budget spent
         return config.probe_timeout.total_seconds() - _since(circuit.half_open_since, now)
     return None  # only a reported probe result can reopen the way
 
 
+def _condition(guards: tuple[tuple[str, bool], ...]) -> str:
+    return " and ".join(name if target else f"not {name}" for name, target in guards)
+
+
 def mermaid() -> str:
-    """The declared machine as a Mermaid state diagram (state changes only)."""
+    """The declared machine as a Mermaid state diagram (state changes only).
+
+    A label shows every condition for its transition to fire, including that the
+    transitions declared before it for the same state and trigger did not.
+    """
     lines = ["stateDiagram-v2", f"    [*] --> {MACHINE.initial}"]
     for (source, trigger), steps in _STEPS.items():
-        for step in steps:
+        for position, step in enumerate(steps):
+            earlier = [s.guards for s in steps[:position] if s.guards]
+            conditions = [
+                f"not {_condition(g)}" if len(g) == 1 else f"not ({_condition(g)})" for g in earlier
+            ]
+            if step.guards:
+                conditions.append(_condition(step.guards))
             if step.dest is None:
                 continue
-            guards = " and ".join(name if target else f"not {name}" for name, target in step.guards)
-            label = f"{trigger.value} [{guards}]" if guards else trigger.value
+            label = f"{trigger.value} [{' and '.join(conditions)}]" if conditions else trigger.value
             lines.append(f"    {source.value} --> {step.dest.value} : {label}")
     return "\n".join(lines) + "\n"

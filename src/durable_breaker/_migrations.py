@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 
 from alembic import command
@@ -50,7 +51,8 @@ def _scripts() -> ScriptDirectory:
 def head() -> str:
     """The newest revision this library knows."""
     revision = _scripts().get_current_head()
-    assert revision is not None, "the migrations folder has no revisions"
+    if revision is None:
+        raise SchemaError(f"no migrations in {script_location()}; reinstall durable-breaker")
     return revision
 
 
@@ -103,6 +105,13 @@ def ensure_schema(engine: Engine, migrate: bool | None) -> None:
     An empty database is migrated unless `migrate` is False; an older one only when
     `migrate` is True, otherwise the error names the command that upgrades it.
     """
+    database = engine.url.database or ""
+    if migrate is False and engine.dialect.name == "sqlite" and not os.path.exists(database):
+        # Connecting would create the file: say it is missing instead.
+        raise SchemaError(
+            f"no database file at {database!r}; check the URL, or create it with "
+            "`durable-breaker --url URL migrate`"
+        )
     with translate_errors(engine, "read the schema version"), engine.connect() as connection:
         revision = current_revision(connection)
         if revision == head():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql
 
 from ._config import CircuitBreakerConfig
@@ -123,7 +123,7 @@ class SqlStore:
                 decision = decide(
                     NEW_CIRCUIT if row is None else _circuit(row), trigger, now, config
                 )
-                if not (decision.changed or decision.audited):
+                if not decision.needs_write:
                     return decision
                 if row is not None:
                     self._update(connection, key, decision.after, now)
@@ -174,19 +174,19 @@ class SqlStore:
 
     def circuits(self) -> list[StoredCircuit]:
         """Every stored key of the namespace, ordered by key."""
-        latest = (
-            select(transitions.c.key, func.max(transitions.c.id).label("id"))
-            .where(transitions.c.namespace == self.namespace)
-            .group_by(transitions.c.key)
-            .subquery()
+        # The latest transition of each key, through the (namespace, key, id) index.
+        since = (
+            select(transitions.c.at)
+            .where(
+                transitions.c.namespace == circuits.c.namespace,
+                transitions.c.key == circuits.c.key,
+            )
+            .order_by(transitions.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
         )
         query = (
-            select(circuits.c.key, *_CIRCUIT_COLUMNS, transitions.c.at)
-            .select_from(
-                circuits.outerjoin(latest, latest.c.key == circuits.c.key).outerjoin(
-                    transitions, transitions.c.id == latest.c.id
-                )
-            )
+            select(circuits.c.key, *_CIRCUIT_COLUMNS, since.label("at"))
             .where(self._where_ns)
             .order_by(circuits.c.key)
         )

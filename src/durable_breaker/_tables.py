@@ -77,7 +77,8 @@ circuits = Table(
     Column("half_open_probes", Integer, nullable=False),
     Column("last_failure_at", UTCDateTime, nullable=True),
     Column("half_open_since", UTCDateTime, nullable=True),
-    # Bumped on every write: a generation number for compare-and-set and fencing.
+    # Bumped on every write. Nothing reads it yet: it is the generation number that
+    # compare-and-set writes and permit fencing will check.
     Column("version", BigInteger, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     CheckConstraint(f"state IN ({_STATE_VALUES})", name="state"),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -109,9 +110,14 @@ def test_bad_keys_are_refused_before_touching_the_database(
     make_breaker: BreakerFactory, key: Any, message: str
 ) -> None:
     breaker = make_breaker()
+    statements: list[str] = []
+    sa.event.listen(
+        breaker._store.engine, "before_cursor_execute", lambda *a: statements.append(a[2])
+    )
     for operation in _key_operations(breaker):
         with pytest.raises(InvalidArgumentError, match=message):
             operation(key)
+    assert statements == []
 
 
 def test_the_longest_allowed_key_round_trips(make_breaker: BreakerFactory) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from durable_breaker import _migrations as migrations
 from durable_breaker._engine import make_engine
 from durable_breaker._tables import VERSION_TABLE, circuits, metadata
 
-from .conftest import run_in_threads
+from .conftest import run_in_processes, run_in_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,6 +203,4 @@ def _start(url: str) -> str:
 
 
 def test_processes_starting_at_once_on_an_empty_database_all_come_up(db_url: str) -> None:
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(4, mp_context=context) as pool:
-        assert list(pool.map(_start, [db_url] * 4)) == ["closed"] * 4
+    assert run_in_processes(_start, 4, db_url) == ["closed"] * 4

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import socket
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +22,13 @@ from durable_breaker import (
 )
 from durable_breaker._engine import make_engine
 
-from .conftest import BreakerFactory, FakeClock, postgres_schema_url, run_in_threads
+from .conftest import (
+    BreakerFactory,
+    FakeClock,
+    postgres_schema_url,
+    run_in_processes,
+    run_in_threads,
+)
 
 TRIP_AT_2 = CircuitBreakerConfig(failure_threshold=2, cooldown=timedelta(seconds=10))
 
@@ -337,9 +341,7 @@ def test_processes_sharing_a_database_lose_no_failure_and_share_the_probe(
 ) -> None:
     setup = make_breaker(CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=10)))
     setup.record_failure("tripped")
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(4, mp_context=context) as pool:
-        admitted = list(pool.map(_fail_and_probe, [db_url] * 4, [clock.now + 10] * 4, [30] * 4))
+    admitted = run_in_processes(_fail_and_probe, 4, db_url, clock.now + 10, 30)
     assert sum(admitted) == 1  # one half-open probe across all processes
     counts = {s.key: s.consecutive_failures for s in setup.status()}
     assert counts["shared"] == 120
@@ -386,13 +388,16 @@ def test_a_sqlite_engine_that_begins_its_own_transactions_is_refused_clearly(
 
 def test_a_forked_child_opens_its_own_connections(make_breaker: BreakerFactory) -> None:
     breaker = make_breaker(TRIP_AT_2)
-    breaker.record_failure("k")  # the parent now holds a pooled connection
+    breaker.record_failure("k")
+    pool = breaker._store.engine.pool
+    assert pool.checkedin() == 1  # type: ignore[attr-defined]  # the parent keeps a connection
     pid = os.fork()
     if pid == 0:  # the child: use the inherited breaker, report through the exit code
         code = 1
         try:
+            inherited = breaker._store.engine.pool.checkedin()  # type: ignore[attr-defined]
             breaker.record_failure("k", reason="from the child")
-            code = 0 if breaker.state("k") is CircuitState.OPEN else 2
+            code = 0 if inherited == 0 and breaker.state("k") is CircuitState.OPEN else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -406,7 +411,7 @@ def pg_url(postgres_admin_url: str) -> Iterator[str]:
 
 
 @pytest.mark.postgres
-def test_a_key_first_stored_by_another_process_mid_transaction_is_reread(
+def test_a_key_first_stored_by_another_writer_mid_transaction_is_reread(
     pg_url: str, clock: FakeClock
 ) -> None:
     engine = make_engine(pg_url)

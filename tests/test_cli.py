@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -184,3 +185,57 @@ def test_an_unexpected_error_is_still_one_line(monkeypatch: pytest.MonkeyPatch) 
         "durable-breaker: internal error: RuntimeError: boom (set DURABLE_BREAKER_DEBUG=1 "
         "for the traceback, and please report it)"
     ]
+
+
+def test_status_text_shows_since_and_retry_after_with_the_breakers_settings(
+    tripped: str,
+) -> None:
+    code, out, _ = cli("--url", tripped, "status", "--cooldown", "10")
+    assert code == 0
+    [line] = [line for line in out.splitlines() if line.startswith("gpt-4o")]
+    assert re.search(r" 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}Z ", line)  # since the trip
+    retry = float(line.split()[-1].rstrip("s"))
+    assert 0 <= retry <= 10  # seconds left of the 10 s cooldown (the tripping clock was fake)
+    [line] = [line for line in out.splitlines() if line.startswith("claude")]
+    assert line.split()[-2:] == ["-", "-"]  # closed, never changed state
+
+
+def test_the_script_ends_quietly_when_its_reader_goes_away(tripped: str) -> None:
+    script = Path(sys.executable).parent / "durable-breaker"
+    reader = subprocess.Popen(
+        [str(script), "--url", tripped, "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()  # like `| head -0`: every write the script makes now fails
+    err = reader.stderr.read()
+    assert reader.wait(timeout=120) == 141
+    assert "Traceback" not in err and "internal error" not in err
+
+
+def test_under_ci_an_unreachable_postgres_fails_the_run(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "CI": "true",
+        "DURABLE_BREAKER_TEST_POSTGRES_URL": "postgresql://postgres@127.0.0.1:1/x",
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            f"{Path(__file__).parent / 'test_seed.py'}::test_closed_allows_requests",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode != 0
+    assert "PostgreSQL at DURABLE_BREAKER_TEST_POSTGRES_URL is unreachable" in done.stdout

@@ -435,3 +435,51 @@ def test_a_key_first_stored_by_another_writer_mid_transaction_is_reread(
     finally:
         engine.dispose()
         rival.dispose()
+
+
+def test_reset_returns_the_transition_it_audited(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    breaker = make_breaker(TRIP_AT_2, actor="ops")
+    breaker.record_failure("k")
+    breaker.record_failure("k")
+    done = breaker.reset("k", reason="provider fixed")
+    assert done == breaker.history("k")[-1]
+    assert (done.from_state, done.to_state, done.reason, done.actor) == (
+        CircuitState.OPEN,
+        CircuitState.CLOSED,
+        "provider fixed",
+        "ops",
+    )
+
+
+def test_config_and_namespace_cannot_be_changed_under_a_breaker(
+    make_breaker: BreakerFactory,
+) -> None:
+    breaker = make_breaker(TRIP_AT_2, namespace="inference")
+    with pytest.raises(AttributeError):
+        breaker.namespace = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        breaker.config = CircuitBreakerConfig()  # type: ignore[misc]
+    assert (breaker.namespace, breaker.config) == ("inference", TRIP_AT_2)
+
+
+@pytest.mark.postgres
+def test_a_row_lock_held_elsewhere_times_out_as_a_store_error(
+    pg_url: str, clock: FakeClock
+) -> None:
+    url = f"{pg_url}%20-c%20lock_timeout%3D200"  # appended to the schema's options
+    with CircuitBreaker(url, TRIP_AT_2, clock=clock) as breaker:
+        breaker.record_failure("k")
+        holder = make_engine(pg_url)
+        try:
+            with holder.begin() as connection:
+                connection.execute(
+                    sa.text("SELECT 1 FROM durable_breaker_circuit WHERE key = 'k' FOR UPDATE")
+                )
+                with pytest.raises(StoreError, match="LockNotAvailable"):
+                    breaker.record_failure("k")
+        finally:
+            holder.dispose()
+        breaker.record_failure("k")  # the lock is gone: it works again
+        assert breaker.state("k") is CircuitState.OPEN

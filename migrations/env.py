@@ -9,6 +9,8 @@ from typing import Any
 from alembic import context
 from sqlalchemy import Connection
 
+from durable_breaker._engine import DEFAULT_URL, make_engine, write_transaction
+from durable_breaker._migrations import lock_for_migration
 from durable_breaker._tables import VERSION_TABLE, metadata
 
 config = context.config
@@ -29,7 +31,7 @@ def _url() -> str:
         context.get_x_argument(as_dictionary=True).get("url")
         or os.environ.get("DURABLE_BREAKER_URL")
         or config.get_main_option("sqlalchemy.url")
-        or "sqlite:///durable_breaker.db"
+        or DEFAULT_URL
     )
 
 
@@ -51,9 +53,6 @@ else:
         with context.begin_transaction():
             context.run_migrations()
     else:
-        from durable_breaker._engine import make_engine, write_transaction
-        from durable_breaker._migrations import lock_for_migration
-
         engine = make_engine(_url())
         try:
             with write_transaction(engine) as connection:

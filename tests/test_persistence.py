@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -483,3 +484,10 @@ def test_a_row_lock_held_elsewhere_times_out_as_a_store_error(
             holder.dispose()
         breaker.record_failure("k")  # the lock is gone: it works again
         assert breaker.state("k") is CircuitState.OPEN
+
+
+def test_an_sqlite_database_is_left_in_wal_mode(tmp_path: Any) -> None:
+    with CircuitBreaker(f"sqlite:///{tmp_path / 'wal.db'}"):
+        pass
+    with sqlite3.connect(tmp_path / "wal.db") as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)

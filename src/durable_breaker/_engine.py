@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -129,10 +130,19 @@ def prepare_engine(engine: Engine) -> None:
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers proceed while one process writes; it persists in the file.
+    # WAL lets readers proceed while one process writes; it persists in the file, so only
+    # the first connection that can switch needs to. Switching needs the database to itself
+    # and does not wait for a busy one: if another process holds it (creating the schema,
+    # say), stay in rollback mode for now; a later connection will switch.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.close()
+    try:
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as error:
+        if "locked" not in str(error) and "busy" not in str(error):
+            raise
+    finally:
+        cursor.close()
 
 
 def _sqlite_on_begin(connection: Connection) -> None:

@@ -116,7 +116,10 @@ def ensure_schema(engine: Engine, migrate: bool | None) -> None:
         revision = current_revision(connection)
         if revision == head():
             return
-        _refuse_unknown(connection, revision)
+        # An empty database is judged under the migration lock (upgrade): unlocked, another
+        # process may create the tables between reading the version and listing the tables.
+        if revision is not None or migrate is False:
+            _refuse_unknown(connection, revision)
     if migrate or (revision is None and migrate is None):
         before, after = upgrade(engine)
         if before != after:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import typing
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -21,7 +22,9 @@ from durable_breaker import (
     CircuitState,
     DurableBreakerError,
     InvalidArgumentError,
+    KeyStatus,
     StoreError,
+    Transition,
 )
 
 from .conftest import BreakerFactory
@@ -233,3 +236,8 @@ def test_the_repr_names_the_database_without_its_password(db_url: str) -> None:
     assert "s3cret" not in repr(breaker) and "namespace='inference'" in repr(breaker)
     breaker.close()
     assert repr(breaker).endswith(", closed)")
+
+
+def test_public_types_can_be_introspected() -> None:
+    for cls in (CircuitBreakerConfig, Transition, KeyStatus):
+        assert typing.get_type_hints(cls)  # pydantic, cattrs and friends rely on this

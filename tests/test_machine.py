@@ -132,3 +132,18 @@ def test_a_clock_that_went_backwards_does_not_end_the_cooldown() -> None:
     config = CircuitBreakerConfig(cooldown=timedelta(seconds=30))
     tripped = Circuit(CircuitState.OPEN, 5, 0, NOW, None)
     assert not decide(tripped, Trigger.CHECK, NOW - timedelta(hours=1), config).fired
+
+
+def test_retry_after_counts_the_time_a_clock_that_went_backwards_must_make_up() -> None:
+    config = CircuitBreakerConfig(cooldown=timedelta(seconds=10))
+    tripped = Circuit(CircuitState.OPEN, 5, 0, NOW, None)
+    behind = NOW - timedelta(seconds=5)
+    assert retry_after(tripped, behind, config) == 15.0
+    assert not decide(tripped, Trigger.CHECK, behind + timedelta(seconds=14.999999), config).fired
+    assert decide(tripped, Trigger.CHECK, behind + timedelta(seconds=15), config).fired
+
+
+def test_a_zero_cooldown_admits_even_behind_the_stored_time_like_the_seed() -> None:
+    config = CircuitBreakerConfig(cooldown=timedelta(0))
+    tripped = Circuit(CircuitState.OPEN, 5, 0, NOW, None)
+    assert decide(tripped, Trigger.CHECK, NOW - timedelta(seconds=1), config).fired

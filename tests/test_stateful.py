@@ -77,11 +77,11 @@ class ReferenceModel:
     def retry_after_s(self, key: str, now: int) -> float | None:
         """Seconds until a call could be admitted, asked after a rejection."""
         k, c = self.keys[key], self.config
-        if k.state == OPEN:
-            return (c.cooldown_ms - self._elapsed(now, k.last_failure_ms)) / 1000
+        if k.state == OPEN:  # the cooldown ends at a fixed moment, wherever the clock is now
+            return (k.last_failure_ms + c.cooldown_ms - now) / 1000
         if c.probe_timeout_ms is None:
             return None
-        return (c.probe_timeout_ms - self._elapsed(now, k.half_open_since_ms)) / 1000
+        return (k.half_open_since_ms + c.probe_timeout_ms - now) / 1000
 
     def check(self, key: str, now: int, *, dry_run: bool = False) -> bool:
         k = self.keys.get(key)

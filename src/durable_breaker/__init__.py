@@ -25,8 +25,3 @@ __all__ = [
     "Transition",
     "UnknownKeyError",
 ]
-
-# Show the public path (durable_breaker.CircuitOpenError) in tracebacks and reprs.
-for _name in __all__:
-    globals()[_name].__module__ = __name__
-del _name

@@ -228,10 +228,12 @@ def retry_after(circuit: Circuit, now: datetime, config: CircuitBreakerConfig) -
     """Seconds until `check` could admit a call on this circuit, or None when unknown."""
     if decide(circuit, Trigger.CHECK, now, config).fired:
         return 0.0
-    if circuit.state is CircuitState.OPEN:
-        return config.cooldown.total_seconds() - _since(circuit.last_failure_at, now)
-    if config.probe_timeout is not None:  # half-open with its probe budget spent
-        return config.probe_timeout.total_seconds() - _since(circuit.half_open_since, now)
+    # Not admitted, so the moment is stored and lies ahead: wait until it passes (counting
+    # the time a clock that went backwards must first make up).
+    if circuit.state is CircuitState.OPEN and circuit.last_failure_at is not None:
+        return (circuit.last_failure_at + config.cooldown - now).total_seconds()
+    if config.probe_timeout is not None and circuit.half_open_since is not None:
+        return (circuit.half_open_since + config.probe_timeout - now).total_seconds()
     return None  # only a reported probe result can reopen the way
 
 
@@ -250,7 +252,8 @@ def mermaid() -> str:
         for position, step in enumerate(steps):
             earlier = [s.guards for s in steps[:position] if s.guards]
             conditions = [
-                f"not {_condition(g)}" if len(g) == 1 else f"not ({_condition(g)})" for g in earlier
+                _condition(((g[0][0], not g[0][1]),)) if len(g) == 1 else f"not ({_condition(g)})"
+                for g in earlier
             ]
             if step.guards:
                 conditions.append(_condition(step.guards))

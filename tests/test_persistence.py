@@ -39,13 +39,17 @@ def recorded_statements(engine: sa.Engine) -> Iterator[list[str]]:
     statements: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement.split()[0].upper())
+        statements.append(statement)
 
     sa.event.listen(engine, "before_cursor_execute", record)
     try:
         yield statements
     finally:
         sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def verbs(statements: list[str]) -> list[str]:
+    return [statement.split()[0].upper() for statement in statements]
 
 
 @pytest.fixture
@@ -91,7 +95,7 @@ def test_check_on_a_closed_key_is_one_read_and_no_write(
         for key in ("known", "never-seen"):
             with recorded_statements(engine) as statements:
                 breaker.check(key)
-            assert statements == ["SELECT"], key
+            assert verbs(statements) == ["SELECT"], key
 
 
 def test_success_on_a_healthy_key_writes_nothing(engine: sa.Engine, clock: FakeClock) -> None:
@@ -101,7 +105,7 @@ def test_success_on_a_healthy_key_writes_nothing(engine: sa.Engine, clock: FakeC
         for key in ("known", "never-seen"):
             with recorded_statements(engine) as statements:
                 breaker.record_success(key)
-            assert statements == ["SELECT"], key
+            assert verbs(statements) == ["SELECT"], key
         assert [s.key for s in breaker.status()] == ["known"]  # never-seen was not stored
 
 
@@ -115,7 +119,7 @@ def test_is_available_spends_no_probe_and_writes_nothing(
         with recorded_statements(engine) as statements:
             assert breaker.is_available("k")
             assert breaker.is_available("k")
-        assert statements == ["SELECT", "SELECT"]
+        assert verbs(statements) == ["SELECT", "SELECT"]
         assert breaker.state("k") is CircuitState.OPEN
         breaker.check("k")  # the probe is still there to take
         assert not breaker.is_available("k")
@@ -491,3 +495,44 @@ def test_an_sqlite_database_is_left_in_wal_mode(tmp_path: Any) -> None:
         pass
     with sqlite3.connect(tmp_path / "wal.db") as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_busy_sqlite_file_stays_usable_and_switches_to_wal_later(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "busy.db"
+    CircuitBreaker(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("PRAGMA journal_mode=DELETE")
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM durable_breaker_circuit").fetchone()  # holds the file
+    try:
+        with (
+            caplog.at_level("WARNING", logger="durable_breaker"),
+            CircuitBreaker(f"sqlite:///{path}?timeout=0.1") as breaker,
+        ):
+            breaker.check("k")  # reads still work
+        assert "stays in rollback-journal mode" in caplog.text
+    finally:
+        reader.close()
+    CircuitBreaker(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+@pytest.mark.postgres
+def test_writes_bound_their_lock_wait_and_migrations_do_not(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    try:
+        with recorded_statements(engine) as statements, CircuitBreaker(engine, TRIP_AT_2) as b:
+            b.record_failure("k")
+        locks = [s for s in statements if "lock_timeout" in s or "advisory" in s]
+        assert locks == [
+            "SET LOCAL lock_timeout = 5000",  # every write transaction starts bounded...
+            "SET LOCAL lock_timeout = 0",  # ...but the migration may wait for another's
+            "SELECT pg_advisory_xact_lock(%(key)s)",
+            "SET LOCAL lock_timeout = 5000",  # the write may not wait for long
+        ]
+    finally:
+        engine.dispose()

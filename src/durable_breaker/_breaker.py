@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from ._config import CircuitBreakerConfig
-from ._engine import DEFAULT_URL, make_engine, prepare_engine, safe_url
+from ._engine import DEFAULT_URL, make_engine, prepare_engine, safe_url, settle_journal_mode
 from ._errors import CircuitOpenError, DurableBreakerError, InvalidArgumentError
 from ._machine import Decision, Trigger, decide, retry_after
 from ._migrations import ensure_schema
@@ -108,6 +108,7 @@ class CircuitBreaker:
             engine = make_engine(url)
         try:
             ensure_schema(engine, migrate)
+            settle_journal_mode(engine)
         except BaseException:
             if self._owns_engine:
                 engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
@@ -21,6 +22,7 @@ SQLITE_BUSY_TIMEOUT_S = 5.0
 POSTGRES_CONNECT_TIMEOUT_S = 5
 POSTGRES_LOCK_TIMEOUT_MS = 5000
 _IMMEDIATE = "durable_breaker_immediate"
+_log = logging.getLogger("durable_breaker")
 _EXAMPLES = "expected e.g. sqlite:///breakers.db or postgresql://user@host/dbname"
 
 
@@ -98,12 +100,6 @@ def make_engine(url: str | URL) -> Engine:
     else:
         if "connect_timeout" not in parsed.query:
             connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
-        # A row lock held by a stalled process must not block every writer of the key forever.
-        options = str(parsed.query.get("options", ""))
-        if "lock_timeout" not in options:
-            connect_args["options"] = (
-                f"{options} -c lock_timeout={POSTGRES_LOCK_TIMEOUT_MS}".strip()
-            )
     try:
         engine = create_engine(parsed, connect_args=connect_args)
     except ImportError as error:
@@ -114,6 +110,8 @@ def make_engine(url: str | URL) -> Engine:
         raise InvalidArgumentError(f"invalid database URL {safe_url(parsed)}: {error}") from error
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
+    elif "lock_timeout" not in str(parsed.query.get("options", "")):
+        event.listen(engine, "begin", _postgres_on_begin)
     prepare_engine(engine)
     _OWN_ENGINES.add(engine)
     return engine
@@ -130,17 +128,26 @@ def prepare_engine(engine: Engine) -> None:
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers proceed while one process writes; it persists in the file, so only
-    # the first connection that can switch needs to. Switching needs the database to itself
-    # and does not wait for a busy one: if another process holds it (creating the schema,
-    # say), stay in rollback mode for now; a later connection will switch.
+    switch_to_wal(dbapi_connection)
+
+
+def switch_to_wal(dbapi_connection: Any) -> bool:
+    """Put the SQLite file in WAL mode (readers then never wait for a writer); say if it is.
+
+    The mode persists in the file, so one success serves every process. Switching needs the
+    file to itself: while another connection uses it (creating the schema, say) it fails,
+    sometimes at once, sometimes after the busy timeout. Then the file stays in rollback mode,
+    which is correct, only less concurrent, until a later attempt succeeds.
+    """
     cursor = dbapi_connection.cursor()
     try:
-        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            cursor.execute("PRAGMA journal_mode=WAL")
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            return True
+        return bool(cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal")
     except sqlite3.OperationalError as error:
         if "locked" not in str(error) and "busy" not in str(error):
             raise
+        return False
     finally:
         cursor.close()
 
@@ -158,6 +165,28 @@ def _sqlite_on_begin(connection: Connection) -> None:
             "listener"
         )
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _postgres_on_begin(connection: Connection) -> None:
+    # A row lock held by a stalled process must not block every writer of that key forever.
+    # Set per transaction (SET LOCAL), not per connection: poolers such as PgBouncer refuse
+    # startup options, and migrations must be free to wait for each other longer.
+    if connection.get_execution_options().get(_IMMEDIATE):
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {POSTGRES_LOCK_TIMEOUT_MS}")
+
+
+def settle_journal_mode(engine: Engine) -> None:
+    """Try WAL once more now that start-up is done (other processes may have held the file)."""
+    if engine.dialect.name != "sqlite" or engine not in _OWN_ENGINES:
+        return  # a caller's engine keeps the journal mode its owner chose
+    with translate_errors(engine, "switch to WAL mode"), engine.connect() as connection:
+        dbapi_connection = connection.connection.dbapi_connection
+        if not switch_to_wal(dbapi_connection):
+            _log.warning(
+                "%s is busy and stays in rollback-journal mode for now (correct, less "
+                "concurrent); new connections will retry WAL",
+                safe_url(engine),
+            )
 
 
 @contextmanager

@@ -83,8 +83,12 @@ def _refuse_unknown(connection: Connection, revision: str | None) -> None:
 
 
 def lock_for_migration(connection: Connection) -> None:
-    """Serialise migrations between processes (SQLite: BEGIN IMMEDIATE already does)."""
+    """Serialise migrations between processes (SQLite: BEGIN IMMEDIATE already does).
+
+    On PostgreSQL a process may wait as long as another takes to migrate: no lock timeout.
+    """
     if connection.dialect.name == "postgresql":
+        connection.execute(text("SET LOCAL lock_timeout = 0"))
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
 
 

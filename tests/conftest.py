@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 from durable_breaker import CircuitBreaker, CircuitBreakerConfig
 
 POSTGRES_URL = os.environ.get("DURABLE_BREAKER_TEST_POSTGRES_URL")
-IN_CI = os.environ.get("CI", "").lower() == "true"
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 # "ci" keeps the whole suite well inside CI's budget; "dev" (the default) explores more.
 _SLOW_BY_DESIGN = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -190,12 +191,14 @@ def test_an_unexpected_error_is_still_one_line(monkeypatch: pytest.MonkeyPatch) 
 def test_status_text_shows_since_and_retry_after_with_the_breakers_settings(
     tripped: str,
 ) -> None:
-    code, out, _ = cli("--url", tripped, "status", "--cooldown", "10")
+    # The trip was stamped by a fake clock in 2023; the CLI reads real time, so only a
+    # cooldown longer than the gap leaves a wait to show.
+    code, out, _ = cli("--url", tripped, "status", "--cooldown", "900000000")
     assert code == 0
     [line] = [line for line in out.splitlines() if line.startswith("gpt-4o")]
-    assert re.search(r" 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}Z ", line)  # since the trip
-    retry = float(line.split()[-1].rstrip("s"))
-    assert 0 <= retry <= 10  # seconds left of the 10 s cooldown (the tripping clock was fake)
+    assert re.search(r" 2023-11-14 22:13:20\.000000Z ", line)  # since the trip
+    gap = time.time() - FakeClock().now
+    assert float(line.split()[-1].rstrip("s")) == pytest.approx(900_000_000 - gap, abs=60)
     [line] = [line for line in out.splitlines() if line.startswith("claude")]
     assert line.split()[-2:] == ["-", "-"]  # closed, never changed state
 
@@ -239,3 +242,19 @@ def test_under_ci_an_unreachable_postgres_fails_the_run(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "PostgreSQL at DURABLE_BREAKER_TEST_POSTGRES_URL is unreachable" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "flags", [["--cooldown", "nan"], ["--cooldown", "-1"], ["--probe-timeout", "abc"]]
+)
+def test_bad_status_settings_are_usage_errors(tripped: str, flags: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli("--url", tripped, "status", *flags)
+    assert exited.value.code == 2
+
+
+def test_status_accepts_settings_without_a_probe_timeout(tripped: str) -> None:
+    code, out, _ = cli(
+        "--url", tripped, "status", "--probe-timeout", "none", "--half-open-max", "3", "--json"
+    )
+    assert code == 0 and {row["key"] for row in json.loads(out)} == {"gpt-4o", "claude"}

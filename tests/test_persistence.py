@@ -536,3 +536,10 @@ def test_writes_bound_their_lock_wait_and_migrations_do_not(pg_url: str) -> None
         ]
     finally:
         engine.dispose()
+
+
+def test_an_sqlite_uri_url_opens_an_existing_database_without_migrating(tmp_path: Any) -> None:
+    path = tmp_path / "uri.db"
+    CircuitBreaker(f"sqlite:///{path}").close()
+    with CircuitBreaker(f"sqlite:///file:{path}?uri=true", migrate=False) as breaker:
+        assert breaker.status() == []

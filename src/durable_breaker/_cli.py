@@ -212,8 +212,18 @@ class _DemoClock:
         return self.now
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 <= seconds < 10**9:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 1e9, got {text!r}")
+    return seconds
+
+
 def _seconds_or_none(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
+    return None if text.lower() == "none" else _seconds(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -241,7 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     defaults = CircuitBreakerConfig()
     status.add_argument(
         "--cooldown",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         default=defaults.cooldown.total_seconds(),
         help="default: %(default)s",

@@ -110,7 +110,8 @@ def ensure_schema(engine: Engine, migrate: bool | None) -> None:
     `migrate` is True, otherwise the error names the command that upgrades it.
     """
     database = engine.url.database or ""
-    if migrate is False and engine.dialect.name == "sqlite" and not os.path.exists(database):
+    is_file_path = engine.dialect.name == "sqlite" and engine.url.query.get("uri") != "true"
+    if migrate is False and is_file_path and not os.path.exists(database):
         # Connecting would create the file: say it is missing instead.
         raise SchemaError(
             f"no database file at {database!r}; check the URL, or create it with "

@@ -137,8 +137,12 @@ def test_half_open_allows_multiple_probes(make_breaker: BreakerFactory, clock: F
 # -- the seed's property tests; each example gets its own namespace --
 
 
-def _fresh(make_breaker: BreakerFactory, config: CircuitBreakerConfig) -> CircuitBreaker:
-    """A breaker in a namespace of its own, to be closed by its example (`with`)."""
+def _fresh(make_breaker: BreakerFactory, threshold: int) -> CircuitBreaker:
+    """The seed's property-test breaker (60 s cooldown, one probe) in a namespace of its own,
+    to be closed by its example (`with`)."""
+    config = CircuitBreakerConfig(
+        failure_threshold=threshold, cooldown=timedelta(seconds=60), half_open_max=1
+    )
     return make_breaker(config, namespace=uuid.uuid4().hex)
 
 
@@ -146,12 +150,7 @@ def _fresh(make_breaker: BreakerFactory, config: CircuitBreakerConfig) -> Circui
 def test_opens_exactly_at_threshold(
     make_breaker: BreakerFactory, threshold: int, failures: int
 ) -> None:
-    with _fresh(
-        make_breaker,
-        CircuitBreakerConfig(
-            failure_threshold=threshold, cooldown=timedelta(seconds=60), half_open_max=1
-        ),
-    ) as cb:
+    with _fresh(make_breaker, threshold) as cb:
         for _ in range(failures):
             cb.record_failure("model")
         assert admits(cb, "model") == (failures < threshold)
@@ -159,10 +158,7 @@ def test_opens_exactly_at_threshold(
 
 @given(pre_failures=st.integers(0, 9))
 def test_success_always_resets_to_closed(make_breaker: BreakerFactory, pre_failures: int) -> None:
-    with _fresh(
-        make_breaker,
-        CircuitBreakerConfig(failure_threshold=20, cooldown=timedelta(seconds=60), half_open_max=1),
-    ) as cb:
+    with _fresh(make_breaker, threshold=20) as cb:
         for _ in range(pre_failures):
             cb.record_failure("model")
         cb.record_success("model")
@@ -175,12 +171,7 @@ def test_independent_models_do_not_interfere(
     make_breaker: BreakerFactory, failures_a: int, failures_b: int
 ) -> None:
     threshold = 5
-    with _fresh(
-        make_breaker,
-        CircuitBreakerConfig(
-            failure_threshold=threshold, cooldown=timedelta(seconds=60), half_open_max=1
-        ),
-    ) as cb:
+    with _fresh(make_breaker, threshold) as cb:
         for _ in range(failures_a):
             cb.record_failure("model-a")
         for _ in range(failures_b):

@@ -18,7 +18,7 @@ from ._engine import DEFAULT_URL, make_engine, prepare_engine, safe_url, settle_
 from ._errors import CircuitOpenError, DurableBreakerError, InvalidArgumentError
 from ._machine import Decision, Trigger, decide, retry_after
 from ._migrations import ensure_schema
-from ._state import NEW_CIRCUIT, CircuitState, Transition
+from ._state import CircuitState, Transition
 from ._store import SqlStore
 from ._tables import MAX_ACTOR_LENGTH, MAX_KEY_LENGTH, MAX_NAMESPACE_LENGTH
 
@@ -153,8 +153,7 @@ class CircuitBreaker:
         store = self._open_store(key)
         # Optimistic read: most calls (a healthy key, a rejection) change nothing, and a
         # decision drawn from committed state that writes nothing needs no lock.
-        stored = store.load(key)
-        decision = decide(stored or NEW_CIRCUIT, trigger, self._now(), self._config)
+        decision = decide(store.load(key), trigger, self._now(), self._config)
         if not decision.needs_write:
             return decision
         return store.fire(key, trigger, self._now, self._config, reason=reason, actor=self.actor)
@@ -207,16 +206,15 @@ class CircuitBreaker:
 
     def is_available(self, key: str) -> bool:
         """Whether `check` would admit a call now; reads only, spends no probe."""
-        stored = self._open_store(key).load(key)
-        return decide(stored or NEW_CIRCUIT, Trigger.CHECK, self._now(), self._config).fired
+        circuit = self._open_store(key).load(key)
+        return decide(circuit, Trigger.CHECK, self._now(), self._config).fired
 
     def state(self, key: str) -> CircuitState:
         """The stored state of `key` (CLOSED for a key never stored).
 
         An Open key whose cooldown has passed stays OPEN here until a `check` moves it.
         """
-        stored = self._open_store(key).load(key)
-        return (stored or NEW_CIRCUIT).state
+        return self._open_store(key).load(key).state
 
     def history(self, key: str, limit: int | None = None) -> list[Transition]:
         """The last `limit` transitions of `key` (all by default), oldest first."""

@@ -87,11 +87,11 @@ class SqlStore:
         )
         self._select_for_update = self._select.with_for_update()
 
-    def load(self, key: str) -> Circuit | None:
-        """The committed circuit of `key`, read without locking (one SELECT)."""
+    def load(self, key: str) -> Circuit:
+        """The committed circuit of `key` (a new one if never stored), read without locking."""
         with translate_errors(self.engine, "read a circuit"), self._reader.connect() as connection:
             row = connection.execute(self._select, {"key": key}).first()
-        return None if row is None else _circuit(row)
+        return NEW_CIRCUIT if row is None else _circuit(row)
 
     def fire(
         self,

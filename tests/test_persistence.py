@@ -7,6 +7,7 @@ import socket
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from durable_breaker import (
     CircuitState,
     InvalidArgumentError,
     StoreError,
+    StoreUnavailableError,
 )
 from durable_breaker._engine import make_engine
 
@@ -470,11 +472,10 @@ def test_config_and_namespace_cannot_be_changed_under_a_breaker(
 
 
 @pytest.mark.postgres
-def test_a_row_lock_held_elsewhere_times_out_as_a_store_error(
-    pg_url: str, clock: FakeClock
-) -> None:
+def test_a_row_lock_held_elsewhere_times_out_as_a_busy_store(pg_url: str, clock: FakeClock) -> None:
     url = f"{pg_url}%20-c%20lock_timeout%3D200"  # appended to the schema's options
-    with CircuitBreaker(url, TRIP_AT_2, clock=clock) as breaker:
+    config = replace(TRIP_AT_2, on_store_error="raise")
+    with CircuitBreaker(url, config, clock=clock) as breaker:
         breaker.record_failure("k")
         holder = make_engine(pg_url)
         try:
@@ -482,8 +483,9 @@ def test_a_row_lock_held_elsewhere_times_out_as_a_store_error(
                 connection.execute(
                     sa.text("SELECT 1 FROM durable_breaker_circuit WHERE key = 'k' FOR UPDATE")
                 )
-                with pytest.raises(StoreError, match="LockNotAvailable"):
+                with pytest.raises(StoreUnavailableError, match="LockNotAvailable") as busy:
                     breaker.record_failure("k")
+                assert not busy.value.unreachable
         finally:
             holder.dispose()
         breaker.record_failure("k")  # the lock is gone: it works again

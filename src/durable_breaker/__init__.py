@@ -8,6 +8,7 @@ from ._errors import (
     InvalidArgumentError,
     SchemaError,
     StoreError,
+    StoreUnavailableError,
     UnknownKeyError,
 )
 from ._state import CircuitState, Transition
@@ -22,6 +23,7 @@ __all__ = [
     "KeyStatus",
     "SchemaError",
     "StoreError",
+    "StoreUnavailableError",
     "Transition",
     "UnknownKeyError",
 ]

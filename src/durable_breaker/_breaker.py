@@ -14,13 +14,21 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from ._config import CircuitBreakerConfig
-from ._engine import DEFAULT_URL, make_engine, prepare_engine, safe_url, settle_journal_mode
-from ._errors import CircuitOpenError, DurableBreakerError, InvalidArgumentError
+from ._engine import DEFAULT_URL, make_engine, prepare_engine, settle_journal_mode
+from ._errors import (
+    CircuitOpenError,
+    DurableBreakerError,
+    InvalidArgumentError,
+    StoreUnavailableError,
+)
+from ._faults import translate_errors
 from ._machine import Decision, Trigger, decide, retry_after
 from ._migrations import ensure_schema
+from ._outage import OutageTracker
 from ._state import CircuitState, Transition
 from ._store import SqlStore
 from ._tables import MAX_ACTOR_LENGTH, MAX_KEY_LENGTH, MAX_NAMESPACE_LENGTH
+from ._urls import safe_url
 
 _MAX_LIMIT = 2**63 - 1  # the largest LIMIT every backend accepts
 
@@ -100,20 +108,25 @@ class CircuitBreaker:
                 f"clock must be a callable returning POSIX seconds, got {clock!r}"
             )
         self._clock = clock
+        timeout_s = self._config.store_timeout.total_seconds()
         self._owns_engine = not isinstance(url, Engine)
         if isinstance(url, Engine):
             prepare_engine(url)
             engine = url
         else:
-            engine = make_engine(url)
+            engine = make_engine(url, timeout_s)
         try:
             ensure_schema(engine, migrate)
-            settle_journal_mode(engine)
+            with translate_errors(engine, "switch to WAL mode"):
+                settle_journal_mode(engine)
         except BaseException:
             if self._owns_engine:
                 engine.dispose()
             raise
-        self._store = SqlStore(engine, self._namespace)
+        self._store = SqlStore(engine, self._namespace, timeout_s)
+        self._outage = OutageTracker(
+            self._config, safe_url(engine), remember=self._config.on_store_error == "fallback"
+        )
         self._closed = False
 
     @property
@@ -149,18 +162,47 @@ class CircuitBreaker:
             _check_name("key", key, MAX_KEY_LENGTH)
         return self._store
 
-    def _fire(self, key: str, trigger: Trigger, reason: str | None = None) -> Decision:
+    def _fire(
+        self, key: str, trigger: Trigger, reason: str | None = None, *, peek: bool = False
+    ) -> Decision | None:
+        """Decide `trigger` for `key` and store the outcome (`peek`: decide only).
+
+        While the database is unavailable, on_store_error decides: "fallback" returns an
+        in-process decision, "raise" raises StoreUnavailableError, "allow" and "deny"
+        return None.
+        """
         store = self._open_store(key)
-        # Optimistic read: most calls (a healthy key, a rejection) change nothing, and a
-        # decision drawn from committed state that writes nothing needs no lock.
-        decision = decide(store.load(key), trigger, self._now(), self._config)
-        if not decision.needs_write:
-            return decision
-        return store.fire(key, trigger, self._now, self._config, reason=reason, actor=self.actor)
+        try:
+            if self._outage.skip_store():
+                raise self._outage.unavailable()
+            # Optimistic read: most calls (a healthy key, a rejection) change nothing, and a
+            # decision drawn from committed state that writes nothing needs no lock.
+            decision = decide(store.load(key), trigger, self._now(), self._config)
+            if decision.needs_write and not peek:
+                decision = store.fire(
+                    key, trigger, self._now, self._config, reason=reason, actor=self.actor
+                )
+        except StoreUnavailableError as error:
+            self._outage.failed(error)
+            mode = self._config.on_store_error
+            if mode == "fallback":
+                return self._outage.decide(key, trigger, self._now(), peek=peek)
+            if mode == "raise":
+                raise
+            return None
+        self._outage.answered(key, decision.after)
+        return decision
 
     def check(self, key: str) -> None:
-        """Admit a call to `key`, or raise CircuitOpenError."""
+        """Admit a call to `key`, or raise CircuitOpenError.
+
+        While the database is unavailable, `config.on_store_error` decides (see there).
+        """
         decision = self._fire(key, Trigger.CHECK)
+        if decision is None:
+            if self._config.on_store_error == "deny":
+                raise CircuitOpenError(key, CircuitState.OPEN, None) from self._outage.unavailable()
+            return
         if not decision.fired:
             raise CircuitOpenError(
                 key, decision.before.state, retry_after(decision.before, decision.now, self._config)
@@ -206,8 +248,10 @@ class CircuitBreaker:
 
     def is_available(self, key: str) -> bool:
         """Whether `check` would admit a call now; reads only, spends no probe."""
-        circuit = self._open_store(key).load(key)
-        return decide(circuit, Trigger.CHECK, self._now(), self._config).fired
+        decision = self._fire(key, Trigger.CHECK, peek=True)
+        if decision is None:
+            return self._config.on_store_error == "allow"
+        return decision.fired
 
     def state(self, key: str) -> CircuitState:
         """The stored state of `key` (CLOSED for a key never stored).

@@ -13,11 +13,12 @@ from typing import TextIO
 
 from ._breaker import CircuitBreaker
 from ._config import CircuitBreakerConfig
-from ._engine import DEFAULT_URL, make_engine, safe_url
+from ._engine import DEFAULT_URL, make_engine
 from ._errors import CircuitOpenError, DurableBreakerError, InvalidArgumentError
 from ._machine import mermaid
 from ._migrations import upgrade
 from ._state import CircuitState, Transition
+from ._urls import safe_url
 
 DEMO_KEY = "gpt-4o"
 DEMO_CALLS = 14

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal, get_args
 
 from ._errors import InvalidArgumentError
+
+StoreErrorMode = Literal["fallback", "allow", "deny", "raise"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -16,19 +19,29 @@ class CircuitBreakerConfig:
     ``probe_timeout``: a spent probe budget renews once it is this old, so a probe
     that never reports back cannot block a key forever. ``None`` keeps the seed's
     behaviour exactly.
+
+    ``on_store_error`` says what ``check`` and ``record_*`` do while the database is
+    unreachable: ``"fallback"`` decides in process from the last state this process saw,
+    ``"allow"`` admits every call, ``"deny"`` rejects every call, ``"raise"`` raises
+    ``StoreUnavailableError``. ``store_timeout`` bounds every wait for the database
+    (connecting, a lock, a statement, retries); ``fallback_keys`` bounds how many keys'
+    last-seen states a process keeps for ``"fallback"``.
     """
 
     failure_threshold: int = 5
     cooldown: timedelta = timedelta(seconds=30)
     half_open_max: int = 1
     probe_timeout: timedelta | None = timedelta(seconds=30)
+    on_store_error: StoreErrorMode = "fallback"
+    store_timeout: timedelta = timedelta(seconds=5)
+    fallback_keys: int = 10_000
 
     def __post_init__(self) -> None:
-        for name in ("failure_threshold", "half_open_max"):
+        for name in ("failure_threshold", "half_open_max", "fallback_keys"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("cooldown", "probe_timeout"):
+        for name in ("cooldown", "probe_timeout", "store_timeout"):
             value = getattr(self, name)
             if value is None and name == "probe_timeout":
                 continue
@@ -36,3 +49,12 @@ class CircuitBreakerConfig:
                 raise InvalidArgumentError(
                     f"{name} must be a non-negative datetime.timedelta, got {value!r}"
                 )
+        if self.store_timeout <= timedelta(0):
+            raise InvalidArgumentError(
+                f"store_timeout must be a positive datetime.timedelta, got {self.store_timeout!r}"
+            )
+        if self.on_store_error not in get_args(StoreErrorMode):
+            raise InvalidArgumentError(
+                f"on_store_error must be one of {', '.join(map(repr, get_args(StoreErrorMode)))}, "
+                f"got {self.on_store_error!r}"
+            )

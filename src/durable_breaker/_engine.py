@@ -1,10 +1,11 @@
-"""Database connections: URL checks, engine set-up, locked transactions, error translation."""
+"""Database connections: engine set-up with bounded waits, locked transactions."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
-import re
 import sqlite3
 import weakref
 from collections.abc import Iterator
@@ -12,68 +13,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
-from ._errors import InvalidArgumentError, StoreError
+from ._errors import InvalidArgumentError, StoreUnavailableError
+from ._urls import parse_url, safe_url
 
 DEFAULT_URL = "sqlite:///durable_breaker.db"
-# Bounds on waiting for the database; a URL that sets its own keeps it.
-SQLITE_BUSY_TIMEOUT_S = 5.0
-POSTGRES_CONNECT_TIMEOUT_S = 5
-POSTGRES_LOCK_TIMEOUT_MS = 5000
+DEFAULT_TIMEOUT_S = 5.0  # CircuitBreakerConfig.store_timeout's default
 _IMMEDIATE = "durable_breaker_immediate"
 _log = logging.getLogger("durable_breaker")
-_EXAMPLES = "expected e.g. sqlite:///breakers.db or postgresql://user@host/dbname"
-
-
-def parse_url(url: str | URL) -> URL:
-    """Parse and normalise a database URL, or say clearly what is wrong with it."""
-    try:
-        parsed = make_url(url)
-    except (exc.ArgumentError, ValueError, TypeError) as error:
-        raise InvalidArgumentError(f"not a database URL: {_scrub(url)!r}; {_EXAMPLES}") from error
-    backend = parsed.get_backend_name()
-    if backend in ("postgresql", "postgres"):
-        if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
-            return parsed.set(drivername="postgresql+psycopg")
-        raise InvalidArgumentError(
-            f"durable-breaker talks to PostgreSQL through psycopg 3, not {parsed.drivername!r}: "
-            "use a postgresql:// or postgresql+psycopg:// URL"
-        )
-    if backend == "sqlite":
-        if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
-            raise InvalidArgumentError(
-                f"durable-breaker talks to SQLite through Python's sqlite3, not "
-                f"{parsed.drivername!r}: use a sqlite:/// URL"
-            )
-        if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
-            raise InvalidArgumentError(
-                "an in-memory SQLite database is not durable and not shared between connections; "
-                "use a file, e.g. sqlite:///breakers.db"
-            )
-        return parsed
-    raise InvalidArgumentError(
-        f"durable-breaker supports SQLite and PostgreSQL, not {backend!r} ({safe_url(parsed)})"
-    )
-
-
-def _scrub(url: object) -> str:
-    """An unparseable URL with anything that looks like a password removed."""
-    text = str(url)
-    text = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", text)
-    return re.sub(r"(password=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
-
-
-def safe_url(url: str | URL | Engine) -> str:
-    """The URL with any password (in the user part or the query) masked, for messages."""
-    if isinstance(url, Engine):
-        url = url.url
-    try:
-        parsed = make_url(url)
-    except (exc.ArgumentError, ValueError, TypeError):
-        return _scrub(url)
-    hidden = {k: "***" for k in parsed.query if k.lower() == "password"}
-    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
 # Engines we made, so a forked child can drop the connections it inherited (see below).
@@ -90,18 +38,29 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
-def make_engine(url: str | URL) -> Engine:
-    """An engine for `url`, set up for durable-breaker's locking on its backend."""
+def make_engine(url: str | URL, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
+    """An engine for `url`, set up for durable-breaker's locking on its backend.
+
+    Every wait is bounded by `timeout_s` (a setting the URL makes itself wins): SQLite's busy
+    timeout; PostgreSQL's connect, TCP, statement and (in write transactions) lock timeouts;
+    waiting for a pooled connection.
+    """
     parsed = parse_url(url)
+    options = str(parsed.query.get("options", ""))
+    timeout_ms = max(1, round(timeout_s * 1000))
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if "timeout" not in parsed.query:
-            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_S
+            connect_args["timeout"] = timeout_s
     else:
         if "connect_timeout" not in parsed.query:
-            connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+            connect_args["connect_timeout"] = max(2, math.ceil(timeout_s))  # libpq's minimum
+        if "tcp_user_timeout" not in parsed.query:
+            # A server that vanished without closing the socket (a cut network) is noticed
+            # once sent data stays unacknowledged this long, not after the kernel's minutes.
+            connect_args["tcp_user_timeout"] = timeout_ms
     try:
-        engine = create_engine(parsed, connect_args=connect_args)
+        engine = create_engine(parsed, connect_args=connect_args, pool_timeout=timeout_s)
     except ImportError as error:
         raise InvalidArgumentError(
             "PostgreSQL needs psycopg 3: pip install 'durable-breaker[postgres]'"
@@ -110,8 +69,11 @@ def make_engine(url: str | URL) -> Engine:
         raise InvalidArgumentError(f"invalid database URL {safe_url(parsed)}: {error}") from error
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
-    elif "lock_timeout" not in str(parsed.query.get("options", "")):
-        event.listen(engine, "begin", _postgres_on_begin)
+    else:
+        if "statement_timeout" not in options:
+            event.listen(engine, "connect", functools.partial(_postgres_on_connect, timeout_ms))
+        if "lock_timeout" not in options:
+            event.listen(engine, "begin", functools.partial(_postgres_on_begin, timeout_ms))
     prepare_engine(engine)
     _OWN_ENGINES.add(engine)
     return engine
@@ -167,19 +129,26 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _postgres_on_begin(connection: Connection) -> None:
+def _postgres_on_connect(timeout_ms: int, dbapi_connection: Any, _record: Any) -> None:
+    # A hung server must not hang the caller. A SET, not a startup option: poolers such as
+    # PgBouncer refuse startup options. Migrations lift it for their own transaction.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET statement_timeout = {timeout_ms}")
+    dbapi_connection.commit()
+
+
+def _postgres_on_begin(timeout_ms: int, connection: Connection) -> None:
     # A row lock held by a stalled process must not block every writer of that key forever.
-    # Set per transaction (SET LOCAL), not per connection: poolers such as PgBouncer refuse
-    # startup options, and migrations must be free to wait for each other longer.
+    # Per transaction (SET LOCAL), so migrations are free to wait for each other longer.
     if connection.get_execution_options().get(_IMMEDIATE):
-        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {POSTGRES_LOCK_TIMEOUT_MS}")
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout_ms}")
 
 
 def settle_journal_mode(engine: Engine) -> None:
     """Try WAL once more now that start-up is done (other processes may have held the file)."""
     if engine.dialect.name != "sqlite" or engine not in _OWN_ENGINES:
         return  # a caller's engine keeps the journal mode its owner chose
-    with translate_errors(engine, "switch to WAL mode"), engine.connect() as connection:
+    with engine.connect() as connection:
         dbapi_connection = connection.connection.dbapi_connection
         if not switch_to_wal(dbapi_connection):
             _log.warning(
@@ -203,18 +172,20 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         if engine.dialect.name == "postgresql":
             options["isolation_level"] = "READ COMMITTED"
         connection.execution_options(**options)
-        with connection.begin():
+        transaction = connection.begin()
+        try:
             yield connection
-
-
-@contextmanager
-def translate_errors(engine: Engine, doing: str) -> Iterator[None]:
-    """Turn any SQLAlchemy or driver error into a StoreError that names the database."""
-    try:
-        yield
-    except exc.SQLAlchemyError as error:
-        cause = getattr(error, "orig", None) or error
-        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise StoreError(
-            f"could not {doing} in {safe_url(engine)}: {type(cause).__name__}: {detail}"
-        ) from error
+        except BaseException:
+            transaction.rollback()
+            raise
+        try:
+            transaction.commit()
+        except exc.DBAPIError as error:
+            if not (error.connection_invalidated and engine.dialect.name == "postgresql"):
+                raise  # SQLite rolls back a failed commit: the caller may retry
+            # The server may have committed before the connection broke: retrying could
+            # apply the change twice, so say that the outcome is unknown instead.
+            raise StoreUnavailableError(
+                f"lost the connection to {safe_url(engine)} while committing; the change "
+                "may or may not have been stored"
+            ) from error

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._state import CircuitState
@@ -21,6 +21,25 @@ class InvalidArgumentError(DurableBreakerError, ValueError):
 
 class StoreError(DurableBreakerError):
     """The database could not carry out an operation."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database is unreachable, locked or too slow to answer within store_timeout.
+
+    `unreachable` is True when no connection could be made or kept, False when the
+    database answered but a lock or statement timed out.
+    """
+
+    def __init__(self, message: str | None = None, *, unreachable: bool = True) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_unavailable, (str(self), self.unreachable)
+
+
+def _rebuild_unavailable(message: str, unreachable: bool) -> StoreUnavailableError:
+    return StoreUnavailableError(message, unreachable=unreachable)
 
 
 class SchemaError(DurableBreakerError):

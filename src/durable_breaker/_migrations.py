@@ -14,9 +14,11 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
 
-from ._engine import safe_url, translate_errors, write_transaction
+from ._engine import write_transaction
 from ._errors import SchemaError
+from ._faults import translate_errors
 from ._tables import VERSION_TABLE, metadata
+from ._urls import safe_url
 
 _log = logging.getLogger("durable_breaker")
 # Any fixed number: the key of the PostgreSQL advisory lock held while migrating.
@@ -85,10 +87,12 @@ def _refuse_unknown(connection: Connection, revision: str | None) -> None:
 def lock_for_migration(connection: Connection) -> None:
     """Serialise migrations between processes (SQLite: BEGIN IMMEDIATE already does).
 
-    On PostgreSQL a process may wait as long as another takes to migrate: no lock timeout.
+    On PostgreSQL a process may wait as long as another takes to migrate, and a migration
+    may take as long as it needs: no lock or statement timeout.
     """
     if connection.dialect.name == "postgresql":
         connection.execute(text("SET LOCAL lock_timeout = 0"))
+        connection.execute(text("SET LOCAL statement_timeout = 0"))
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
 
 

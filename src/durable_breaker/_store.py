@@ -11,8 +11,9 @@ from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql
 
 from ._config import CircuitBreakerConfig
-from ._engine import translate_errors, write_transaction
+from ._engine import write_transaction
 from ._errors import UnknownKeyError
+from ._faults import with_retries
 from ._machine import Decision, Trigger, decide, describe
 from ._state import NEW_CIRCUIT, Circuit, CircuitState, Transition
 from ._tables import circuits, transitions
@@ -62,9 +63,10 @@ class StoredCircuit:
 class SqlStore:
     """The circuits of one namespace in one SQLite or PostgreSQL database."""
 
-    def __init__(self, engine: Engine, namespace: str) -> None:
+    def __init__(self, engine: Engine, namespace: str, timeout_s: float) -> None:
         self.engine = engine
         self.namespace = namespace
+        self.timeout_s = timeout_s  # how long transient faults are retried
         # Reads are single statements: autocommit spares PostgreSQL a BEGIN and a ROLLBACK
         # round trip and still sees everything committed before it. (pysqlite never opens
         # a transaction for a SELECT, so SQLite needs nothing.)
@@ -89,8 +91,12 @@ class SqlStore:
 
     def load(self, key: str) -> Circuit:
         """The committed circuit of `key` (a new one if never stored), read without locking."""
-        with translate_errors(self.engine, "read a circuit"), self._reader.connect() as connection:
-            row = connection.execute(self._select, {"key": key}).first()
+
+        def read() -> Any:
+            with self._reader.connect() as connection:
+                return connection.execute(self._select, {"key": key}).first()
+
+        row = with_retries(self.engine, "read a circuit", self.timeout_s, read)
         return NEW_CIRCUIT if row is None else _circuit(row)
 
     def fire(
@@ -107,46 +113,49 @@ class SqlStore:
         """Read, decide and write `key` atomically, with its audit row in the same transaction.
 
         The time is read once the row is locked, so a call that waited for the lock never
-        writes a time older than the one it waited behind.
+        writes a time older than the one it waited behind. A transient fault (a busy SQLite
+        file, a PostgreSQL deadlock, a connection lost before commit) reruns the whole
+        transaction.
         """
-        with (
-            translate_errors(self.engine, "update a circuit"),
-            write_transaction(self.engine) as connection,
-        ):
-            while True:
-                row = connection.execute(self._select_for_update, {"key": key}).first()
-                if row is None and must_exist:
-                    raise UnknownKeyError(
-                        f"no circuit is stored for key {key!r} in namespace {self.namespace!r}"
+
+        def transaction() -> Decision:
+            with write_transaction(self.engine) as connection:
+                while True:
+                    row = connection.execute(self._select_for_update, {"key": key}).first()
+                    if row is None and must_exist:
+                        raise UnknownKeyError(
+                            f"no circuit is stored for key {key!r} in namespace {self.namespace!r}"
+                        )
+                    now = clock()
+                    decision = decide(
+                        NEW_CIRCUIT if row is None else _circuit(row), trigger, now, config
                     )
-                now = clock()
-                decision = decide(
-                    NEW_CIRCUIT if row is None else _circuit(row), trigger, now, config
-                )
-                if not decision.needs_write:
-                    return decision
-                if row is not None:
-                    self._update(connection, key, decision.after, now)
-                    break
-                if self._insert(connection, key, decision.after, now):
-                    break
-                # Another process stored this key first: read it again, under its lock.
-            if decision.audited:
-                connection.execute(
-                    insert(transitions),
-                    {
-                        "namespace": self.namespace,
-                        "key": key,
-                        "from_state": decision.before.state.value,
-                        "to_state": decision.after.state.value,
-                        "trigger": trigger.value,
-                        "at": now,
-                        "consecutive_failures": decision.after.consecutive_failures,
-                        "reason": reason or describe(decision, config),
-                        "actor": actor,
-                    },
-                )
-        return decision
+                    if not decision.needs_write:
+                        return decision
+                    if row is not None:
+                        self._update(connection, key, decision.after, now)
+                        break
+                    if self._insert(connection, key, decision.after, now):
+                        break
+                    # Another process stored this key first: read it again, under its lock.
+                if decision.audited:
+                    connection.execute(
+                        insert(transitions),
+                        {
+                            "namespace": self.namespace,
+                            "key": key,
+                            "from_state": decision.before.state.value,
+                            "to_state": decision.after.state.value,
+                            "trigger": trigger.value,
+                            "at": now,
+                            "consecutive_failures": decision.after.consecutive_failures,
+                            "reason": reason or describe(decision, config),
+                            "actor": actor,
+                        },
+                    )
+                return decision
+
+        return with_retries(self.engine, "update a circuit", self.timeout_s, transaction)
 
     def _insert(self, connection: Connection, key: str, circuit: Circuit, now: datetime) -> bool:
         values = {**self._values(circuit, now), "namespace": self.namespace, "key": key}
@@ -190,8 +199,12 @@ class SqlStore:
             .where(self._where_ns)
             .order_by(circuits.c.key)
         )
-        with translate_errors(self.engine, "list circuits"), self._reader.connect() as connection:
-            rows = connection.execute(query).all()
+
+        def read() -> Any:
+            with self._reader.connect() as connection:
+                return connection.execute(query).all()
+
+        rows = with_retries(self.engine, "list circuits", self.timeout_s, read)
         return [StoredCircuit(row.key, _circuit(row), row.at) for row in rows]
 
     def history(self, key: str, limit: int | None) -> list[Transition]:
@@ -202,6 +215,10 @@ class SqlStore:
             .order_by(transitions.c.id.desc())
             .limit(limit)
         )
-        with translate_errors(self.engine, "read history"), self._reader.connect() as connection:
-            rows = connection.execute(query).all()
+
+        def read() -> Any:
+            with self._reader.connect() as connection:
+                return connection.execute(query).all()
+
+        rows = with_retries(self.engine, "read history", self.timeout_s, read)
         return [_transition(row) for row in reversed(rows)]

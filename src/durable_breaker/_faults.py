@@ -1,0 +1,125 @@
+"""Database faults: which errors are worth retrying, which mean "unavailable", and the retries."""
+
+from __future__ import annotations
+
+import enum
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from sqlalchemy import Engine, exc
+
+from ._errors import StoreError, StoreUnavailableError
+from ._urls import safe_url
+
+T = TypeVar("T")
+MAX_ATTEMPTS = 10
+_FIRST_BACKOFF_S = 0.005
+_MAX_BACKOFF_S = 0.25
+
+
+class Fault(enum.Enum):
+    TRANSIENT = "transient"  # the transaction was rolled back; the same work may succeed now
+    UNREACHABLE = "unreachable"  # no connection could be made or kept
+    BUSY = "busy"  # the database answered, but a lock or a statement timed out
+    ERROR = "error"  # anything else (a schema problem, a bug): retrying would not help
+
+
+# PostgreSQL SQLSTATEs: serialization failure and deadlock roll the transaction back and ask
+# for a retry; classes 08 (connection), 53 (resources), 57P (shutdown, restart) and 58
+# (system) mean the server cannot serve us; query_canceled (statement_timeout) and
+# lock_not_available (lock_timeout) that it answered too slowly.
+_PG_TRANSIENT = ("40001", "40P01")
+_PG_UNREACHABLE = ("08", "53", "57P", "58")
+_PG_BUSY = ("57014", "55P03")
+_SQLITE_TRANSIENT = ("database is locked", "database table is locked", "database is busy")
+_SQLITE_UNREACHABLE = ("unable to open database", "disk i/o error")
+
+
+def classify(error: exc.SQLAlchemyError) -> Fault:
+    """What kind of fault `error` is."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return Fault.TRANSIENT  # a pooled connection died (server restart): a new one may work
+    if isinstance(error, exc.TimeoutError):
+        return Fault.BUSY  # no pooled connection came free in time
+    if isinstance(error, exc.DisconnectionError):
+        return Fault.UNREACHABLE
+    if not isinstance(error, (exc.OperationalError, exc.InterfaceError)):
+        return Fault.ERROR
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    message = str(error.orig).lower()
+    if sqlstate is not None:
+        if sqlstate.startswith(_PG_TRANSIENT):
+            return Fault.TRANSIENT
+        if sqlstate.startswith(_PG_BUSY):
+            return Fault.BUSY
+        return Fault.UNREACHABLE if sqlstate.startswith(_PG_UNREACHABLE) else Fault.ERROR
+    if any(text in message for text in _SQLITE_TRANSIENT):
+        return Fault.TRANSIENT
+    if any(text in message for text in _SQLITE_UNREACHABLE):
+        return Fault.UNREACHABLE
+    # pysqlite reports schema problems ("no such table") as OperationalError too; psycopg
+    # reports a refused or broken connection as OperationalError without an SQLSTATE.
+    return Fault.ERROR if isinstance(error.orig, sqlite3.Error) else Fault.UNREACHABLE
+
+
+def _store_error(
+    engine: Engine, doing: str, error: exc.SQLAlchemyError, fault: Fault, attempts: int
+) -> StoreError:
+    cause = getattr(error, "orig", None) or error
+    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    message = f"could not {doing} in {safe_url(engine)}: {type(cause).__name__}: {detail}"
+    if attempts > 1:
+        message += f" (gave up after {attempts} attempts)"
+    if fault is Fault.ERROR:
+        return StoreError(message)
+    # A transient fault that outlasted its retries is a busy database, unless the
+    # connection itself kept failing.
+    unreachable = fault is Fault.UNREACHABLE or (
+        isinstance(error, exc.DBAPIError) and error.connection_invalidated
+    )
+    return StoreUnavailableError(message, unreachable=unreachable)
+
+
+@contextmanager
+def translate_errors(engine: Engine, doing: str) -> Iterator[None]:
+    """Turn any SQLAlchemy or driver error into a StoreError that names the database."""
+    try:
+        yield
+    except exc.SQLAlchemyError as error:
+        raise _store_error(engine, doing, error, classify(error), 1) from error
+
+
+def with_retries(engine: Engine, doing: str, timeout_s: float, operation: Callable[[], T]) -> T:
+    """Run `operation` (one whole transaction), retrying transient faults with backoff.
+
+    Retries stop after MAX_ATTEMPTS or once `timeout_s` has passed since the first fault;
+    then, as for any other fault, the error is a StoreError (StoreUnavailableError when the
+    database is unreachable, locked or too slow). The clock is read only after a fault,
+    so the healthy path costs nothing here.
+    """
+    deadline: float | None = None
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return operation()
+        except exc.SQLAlchemyError as error:
+            fault = classify(error)
+            if fault is Fault.TRANSIENT and attempt < MAX_ATTEMPTS:
+                now = time.monotonic()
+                deadline = deadline or now + timeout_s
+                invalidated = isinstance(error, exc.DBAPIError) and error.connection_invalidated
+                # Full jitter, so processes that collided do not collide again in step.
+                delay = 0.0 if invalidated else random.uniform(0, _backoff(attempt))
+                if now + delay < deadline:
+                    time.sleep(delay)
+                    continue
+            raise _store_error(engine, doing, error, fault, attempt) from error
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(_FIRST_BACKOFF_S * 2 ** (attempt - 1), _MAX_BACKOFF_S))

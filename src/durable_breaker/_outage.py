@@ -1,0 +1,104 @@
+"""While the database is unavailable: notice it, log it once, and decide in process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from datetime import datetime
+
+from ._config import CircuitBreakerConfig
+from ._errors import StoreUnavailableError
+from ._machine import Decision, Trigger, decide
+from ._state import NEW_CIRCUIT, Circuit
+
+# During an outage one call per interval tries the database; the others do not wait for it.
+RECHECK_INTERVAL_S = 1.0
+_log = logging.getLogger("durable_breaker")
+
+
+class OutageTracker:
+    """One breaker's view of its database's health, and the circuits it last saw there.
+
+    The circuits are kept only when `remember` is set (on_store_error="fallback"), at most
+    `config.fallback_keys` of them, least recently used dropped first.
+    """
+
+    def __init__(self, config: CircuitBreakerConfig, database: str, *, remember: bool) -> None:
+        self._config = config
+        self._database = database
+        self._remember = remember
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, Circuit] = OrderedDict()
+        self._since: float | None = None  # time.monotonic() when the outage began
+        self._next_try = 0.0
+
+    def skip_store(self) -> bool:
+        """Whether this call should not try the database (an outage, and not its turn)."""
+        if self._since is None:
+            return False  # the healthy path reads no clock and takes no lock
+        with self._lock:
+            now = time.monotonic()
+            if self._since is None or now >= self._next_try:
+                self._next_try = now + RECHECK_INTERVAL_S
+                return False
+            return True
+
+    def unavailable(self) -> StoreUnavailableError:
+        """The error for a call that skipped the database during an outage."""
+        since = self._since
+        lasted = 0.0 if since is None else time.monotonic() - since
+        return StoreUnavailableError(
+            f"{self._database} has been unavailable for {lasted:.1f} s; "
+            f"it is tried again at most every {RECHECK_INTERVAL_S:g} s"
+        )
+
+    def failed(self, error: StoreUnavailableError) -> None:
+        """The database did not answer: start an outage (logged once) if none is on.
+
+        A database that answered too slowly (a lock held elsewhere) starts none: other
+        keys may be fine, and each call is bounded by store_timeout anyway.
+        """
+        if not error.unreachable:
+            _log.info("on_store_error=%r for this call: %s", self._config.on_store_error, error)
+            return
+        with self._lock:
+            if self._since is not None:
+                return
+            self._since = time.monotonic()
+            self._next_try = self._since + RECHECK_INTERVAL_S
+        _log.warning(
+            "database unavailable, on_store_error=%r until it answers again: %s",
+            self._config.on_store_error,
+            error,
+        )
+
+    def answered(self, key: str, circuit: Circuit) -> None:
+        """The database answered with `circuit` for `key`: end any outage, remember it."""
+        if self._since is not None:
+            with self._lock:
+                since, self._since = self._since, None
+            if since is not None:
+                _log.warning(
+                    "database %s answers again after %.1f s; its state is authoritative again",
+                    self._database,
+                    time.monotonic() - since,
+                )
+        if self._remember:
+            with self._lock:
+                self._keep(key, circuit)
+
+    def decide(self, key: str, trigger: Trigger, now: datetime, *, peek: bool) -> Decision:
+        """Decide from the last circuit this process saw (a new one if none), in process."""
+        with self._lock:
+            decision = decide(self._seen.get(key, NEW_CIRCUIT), trigger, now, self._config)
+            if decision.changed and not peek:
+                self._keep(key, decision.after)
+        return decision
+
+    def _keep(self, key: str, circuit: Circuit) -> None:
+        self._seen[key] = circuit
+        self._seen.move_to_end(key)
+        if len(self._seen) > self._config.fallback_keys:
+            self._seen.popitem(last=False)

@@ -7,7 +7,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
 from sqlalchemy import Engine
@@ -284,6 +284,21 @@ class CircuitBreaker:
             )
             for stored in self._open_store().circuits()
         ]
+
+    def prune(self, older_than: timedelta, *, batch_size: int = 1000) -> int:
+        """Delete this namespace's transitions older than `older_than`; return how many.
+
+        The latest transition of every key is kept, however old, so each key still says
+        how it reached its state. Rows go in batches of `batch_size`, one transaction each.
+        """
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise InvalidArgumentError(
+                f"older_than must be a non-negative datetime.timedelta, got {older_than!r}"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        store = self._open_store()
+        return store.prune(self._now() - older_than, batch_size)
 
     def close(self) -> None:
         """Release the database connections (an Engine passed in is left to its owner)."""

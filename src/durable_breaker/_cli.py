@@ -1,10 +1,11 @@
-"""The `durable-breaker` command line: migrate, status, history, reset, diagram, demo."""
+"""The `durable-breaker` command line: migrate, status, history, reset, prune, diagram, demo."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -143,6 +144,19 @@ def _cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
+    with _open(args) as breaker:
+        cutoff = breaker._now() - args.older_than
+        removed = breaker.prune(args.older_than, batch_size=args.batch_size)
+    print(
+        f"removed {removed} transition{'s' * (removed != 1)} older than "
+        f"{cutoff:%Y-%m-%d %H:%M:%S}Z from namespace {args.namespace!r} "
+        "(the latest of every key is kept)",
+        file=out,
+    )
+    return 0
+
+
 def _cmd_diagram(args: argparse.Namespace, out: TextIO) -> int:
     out.write(mermaid())
     return 0
@@ -227,6 +241,25 @@ def _seconds_or_none(text: str) -> float | None:
     return None if text.lower() == "none" else _seconds(text)
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _age(text: str) -> timedelta:
+    """A duration such as 30d, 12h, 90m, 45s or 2w."""
+    match = re.fullmatch(r"(\d{1,7})([smhdw])", text.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number and a unit s, m, h, d or w (e.g. 30d), got {text!r}"
+        )
+    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="durable-breaker", description="A durable, shared, audited per-key circuit breaker."
@@ -279,6 +312,13 @@ def _parser() -> argparse.ArgumentParser:
     reset.add_argument("key")
     reset.add_argument("--yes", action="store_true", help="confirm")
     reset.add_argument("--reason", default=None)
+    prune = commands.add_parser(
+        "prune", help="delete old transitions, keeping the latest of every key"
+    )
+    prune.add_argument("--older-than", type=_age, required=True, metavar="AGE", help="e.g. 30d")
+    prune.add_argument(
+        "--batch-size", type=_positive, default=1000, help="rows per transaction (%(default)s)"
+    )
     commands.add_parser("diagram", help="the state machine as Mermaid text")
     commands.add_parser("demo", help="drive a simulated flaky model through the breaker")
     return parser
@@ -289,6 +329,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "status": _cmd_status,
     "history": _cmd_history,
     "reset": _cmd_reset,
+    "prune": _cmd_prune,
     "diagram": _cmd_diagram,
     "demo": _cmd_demo,
 }

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, exists, insert, select, update
 from sqlalchemy.dialects import postgresql
 
 from ._config import CircuitBreakerConfig
@@ -222,3 +222,37 @@ class SqlStore:
 
         rows = with_retries(self.engine, "read history", self.timeout_s, read)
         return [_transition(row) for row in reversed(rows)]
+
+    def prune(self, before: datetime, batch_size: int) -> int:
+        """Delete the namespace's transitions older than `before`, except each key's latest.
+
+        Deletes `batch_size` rows per transaction, so a writer never waits behind more
+        than one batch; returns how many rows were deleted.
+        """
+        newer = transitions.alias("newer")
+        doomed = (
+            select(transitions.c.id)
+            .where(
+                transitions.c.namespace == self.namespace,
+                transitions.c.at < before,
+                exists().where(
+                    newer.c.namespace == transitions.c.namespace,
+                    newer.c.key == transitions.c.key,
+                    newer.c.id > transitions.c.id,
+                ),
+            )
+            .order_by(transitions.c.id)
+            .limit(batch_size)
+        )
+        statement = delete(transitions).where(transitions.c.id.in_(doomed.scalar_subquery()))
+
+        def batch() -> int:
+            with write_transaction(self.engine) as connection:
+                return connection.execute(statement).rowcount
+
+        deleted = 0
+        while True:
+            count = with_retries(self.engine, "prune the audit trail", self.timeout_s, batch)
+            deleted += count
+            if count < batch_size:
+                return deleted

@@ -154,6 +154,12 @@ def postgres_schema_url(admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture
+def pg_url(postgres_admin_url: str) -> Iterator[str]:
+    """An empty PostgreSQL schema (for tests that only make sense on PostgreSQL)."""
+    yield from postgres_schema_url(postgres_admin_url)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database on each backend."""

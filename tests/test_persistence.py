@@ -28,7 +28,6 @@ from durable_breaker._engine import make_engine
 from .conftest import (
     BreakerFactory,
     FakeClock,
-    postgres_schema_url,
     run_in_processes,
     run_in_threads,
 )
@@ -410,11 +409,6 @@ def test_a_forked_child_opens_its_own_connections(make_breaker: BreakerFactory) 
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert breaker.history("k")[-1].reason == "from the child"  # the parent still works
-
-
-@pytest.fixture
-def pg_url(postgres_admin_url: str) -> Iterator[str]:
-    yield from postgres_schema_url(postgres_admin_url)
 
 
 @pytest.mark.postgres

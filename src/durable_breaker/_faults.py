@@ -96,12 +96,11 @@ def translate_errors(engine: Engine, doing: str) -> Iterator[None]:
 def with_retries(engine: Engine, doing: str, timeout_s: float, operation: Callable[[], T]) -> T:
     """Run `operation` (one whole transaction), retrying transient faults with backoff.
 
-    Retries stop after MAX_ATTEMPTS or once `timeout_s` has passed since the first fault;
-    then, as for any other fault, the error is a StoreError (StoreUnavailableError when the
-    database is unreachable, locked or too slow). The clock is read only after a fault,
-    so the healthy path costs nothing here.
+    No retry starts once `timeout_s` has passed since the first attempt began, nor after
+    MAX_ATTEMPTS; then, as for any other fault, the error is a StoreError
+    (StoreUnavailableError when the database is unreachable, locked or too slow).
     """
-    deadline: float | None = None
+    deadline = time.monotonic() + timeout_s
     attempt = 0
     while True:
         attempt += 1
@@ -110,12 +109,10 @@ def with_retries(engine: Engine, doing: str, timeout_s: float, operation: Callab
         except exc.SQLAlchemyError as error:
             fault = classify(error)
             if fault is Fault.TRANSIENT and attempt < MAX_ATTEMPTS:
-                now = time.monotonic()
-                deadline = deadline or now + timeout_s
                 invalidated = isinstance(error, exc.DBAPIError) and error.connection_invalidated
                 # Full jitter, so processes that collided do not collide again in step.
                 delay = 0.0 if invalidated else random.uniform(0, _backoff(attempt))
-                if now + delay < deadline:
+                if time.monotonic() + delay < deadline:
                     time.sleep(delay)
                     continue
             raise _store_error(engine, doing, error, fault, attempt) from error

@@ -1,0 +1,227 @@
+"""The stress harness: N processes x M threads hammer a few shared keys, then the database is
+checked for what must hold. Shared by tests/test_stress.py (short) and benchmarks/stress.py.
+
+Two phases run in every worker, each in its own namespace:
+- guarded calls: check, then a simulated call that fails or succeeds, on a real clock with a
+  short cooldown, so circuits trip, probe and close many times; every admitted probe is noted
+  with the HalfOpen episode it was admitted in;
+- lost updates: failures only, with a threshold no run reaches, counted per key.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from durable_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
+from durable_breaker._machine import Trigger
+
+KEYS = ("gpt-4o", "claude", "llama")
+GUARDED = "stress-guarded"
+COUNTED = "stress-counted"
+GUARDED_CONFIG = CircuitBreakerConfig(
+    failure_threshold=3,
+    cooldown=timedelta(milliseconds=20),
+    half_open_max=2,
+    probe_timeout=timedelta(milliseconds=300),
+    on_store_error="raise",  # an error must surface, not be ridden out
+    store_timeout=timedelta(seconds=10),
+)
+COUNTED_CONFIG = CircuitBreakerConfig(
+    failure_threshold=10**9, on_store_error="raise", store_timeout=timedelta(seconds=10)
+)
+FAILURE_RATE = 0.6  # of guarded calls
+LOST_PROBE_RATE = 0.02  # admitted calls that never report back (their probes must time out)
+
+
+@dataclass
+class WorkerReport:
+    operations: int = 0
+    probes: list[tuple[str, str]] = field(default_factory=list)  # (key, episode start)
+    failures: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+
+def _guarded_calls(
+    breaker: CircuitBreaker, rng: random.Random, calls: int, out: WorkerReport
+) -> None:
+    for _ in range(calls):
+        key = rng.choice(KEYS)
+        try:
+            # `_fire` is `check` that also says what it decided: the probe's episode.
+            decision = breaker._fire(key, Trigger.CHECK)
+            assert decision is not None  # on_store_error="raise" never falls back
+            out.operations += 1
+            if not decision.fired:
+                continue
+            if decision.after.state is CircuitState.HALF_OPEN:
+                since = decision.after.half_open_since
+                assert since is not None
+                out.probes.append((key, since.isoformat()))
+            roll = rng.random()
+            if roll < LOST_PROBE_RATE:
+                continue
+            if roll < FAILURE_RATE:
+                breaker.record_failure(key, reason="stress")
+            else:
+                breaker.record_success(key)
+            out.operations += 1
+        except Exception as error:  # every other error is a finding
+            out.errors.append(f"{type(error).__name__}: {error}")
+
+
+def _counted_failures(
+    breaker: CircuitBreaker, rng: random.Random, calls: int, out: WorkerReport
+) -> None:
+    for _ in range(calls):
+        key = rng.choice(KEYS)
+        try:
+            breaker.record_failure(key)
+            out.failures[key] += 1
+            out.operations += 1
+        except Exception as error:  # a failure that raised may or may not be stored: a finding
+            out.errors.append(f"{type(error).__name__}: {error}")
+
+
+def worker(url: str, threads: int, calls: int, seed: int) -> WorkerReport:
+    """One process: in each phase `threads` threads share one breaker, `calls` calls each."""
+    report = WorkerReport()
+    for namespace, config, phase in (
+        (GUARDED, GUARDED_CONFIG, _guarded_calls),
+        (COUNTED, COUNTED_CONFIG, _counted_failures),
+    ):
+        # All processes start together on what may be an empty database: the migration
+        # lock must let every one of them come up.
+        with CircuitBreaker(url, config, namespace=namespace) as breaker:
+            _in_threads(breaker, phase, threads, calls, seed, report)
+    return report
+
+
+def _in_threads(
+    breaker: CircuitBreaker, phase: Any, threads: int, calls: int, seed: int, report: WorkerReport
+) -> None:
+    barrier = threading.Barrier(threads)
+    lock = threading.Lock()
+
+    def run(index: int) -> None:
+        mine = WorkerReport()
+        barrier.wait()
+        phase(breaker, random.Random(f"{seed}-{index}"), calls, mine)
+        with lock:
+            report.operations += mine.operations
+            report.probes += mine.probes
+            report.failures.update(mine.failures)
+            report.errors += mine.errors
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+
+
+def _released(barrier: Any, results: Any, args: tuple[Any, ...]) -> None:
+    try:
+        barrier.wait()
+        results.put(worker(*args))
+    except BaseException as error:  # handed to the parent
+        results.put(error)
+
+
+@dataclass
+class StressSummary:
+    processes: int
+    threads: int
+    seconds: float
+    operations: int
+    errors: list[str]
+    episodes: int  # HalfOpen episodes in which a probe was admitted
+    probes_admitted: int
+    most_probes_in_an_episode: int
+    budget: int  # half_open_max: the most any one episode may admit
+    unaudited_episodes: list[tuple[str, str]]  # probes whose episode the audit trail lacks
+    failures_made: dict[str, int]  # per key, in the lost-updates phase
+    failures_stored: dict[str, int]
+    broken_chains: list[str]
+
+    @property
+    def lost_updates(self) -> int:
+        """Failures made but not stored (negative: stored more often than made)."""
+        return sum(self.failures_made.values()) - sum(self.failures_stored.values())
+
+
+def run_stress(url: str, processes: int, threads: int, calls: int, seed: int = 0) -> StressSummary:
+    """Run the harness against `url` (both namespaces should be empty) and check the result."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes, timeout=300)
+    results = context.Queue()
+    started = time.perf_counter()
+    children = [
+        context.Process(target=_released, args=(barrier, results, (url, threads, calls, seed + i)))
+        for i in range(processes)
+    ]
+    for child in children:
+        child.start()
+    reports = [results.get(timeout=900) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+    seconds = time.perf_counter() - started
+    for report in reports:
+        if isinstance(report, BaseException):
+            raise report
+    return _check(url, processes, threads, seconds, reports)
+
+
+def _check(
+    url: str, processes: int, threads: int, seconds: float, reports: list[WorkerReport]
+) -> StressSummary:
+    probes = Counter(probe for report in reports for probe in report.probes)
+    failures = sum((report.failures for report in reports), Counter[str]())
+    broken: list[str] = []
+    episodes_audited: set[tuple[str, str]] = set()
+    with CircuitBreaker(url, GUARDED_CONFIG, namespace=GUARDED) as guarded:
+        for key in KEYS:
+            trail = guarded.history(key)
+            broken += _chain_breaks(key, trail, guarded.state(key))
+            episodes_audited |= {
+                (key, t.at.isoformat()) for t in trail if t.to_state is CircuitState.HALF_OPEN
+            }
+    with CircuitBreaker(url, COUNTED_CONFIG, namespace=COUNTED) as counted:
+        stored = {s.key: s.consecutive_failures for s in counted.status()}
+    return StressSummary(
+        processes=processes,
+        threads=threads,
+        seconds=seconds,
+        operations=sum(report.operations for report in reports),
+        errors=[error for report in reports for error in report.errors],
+        episodes=len(probes),
+        probes_admitted=sum(probes.values()),
+        most_probes_in_an_episode=max(probes.values(), default=0),
+        budget=GUARDED_CONFIG.half_open_max,
+        unaudited_episodes=sorted(set(probes) - episodes_audited),
+        failures_made=dict(failures),
+        failures_stored={key: stored.get(key, 0) for key in failures},
+        broken_chains=broken,
+    )
+
+
+def _chain_breaks(key: str, trail: list[Any], state: CircuitState) -> list[str]:
+    """Where `key`'s audit trail is not one unbroken chain from Closed to its stored state."""
+    breaks = []
+    expected = CircuitState.CLOSED
+    previous_at: datetime | None = None
+    for t in trail:
+        if t.from_state is not expected:
+            breaks.append(f"{key}: {t.from_state} -> {t.to_state} at {t.at} follows {expected}")
+        if previous_at is not None and t.at < previous_at:
+            breaks.append(f"{key}: {t.at} is earlier than the entry before it")
+        expected, previous_at = t.to_state, t.at
+    if expected is not state:
+        breaks.append(f"{key}: the trail ends in {expected} but the stored state is {state}")
+    return breaks

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import durable_breaker
-from durable_breaker import CircuitBreakerConfig, CircuitOpenError
+from durable_breaker import CircuitBreakerConfig, CircuitOpenError, CircuitState
 
 from .conftest import BreakerFactory, FakeClock
 
@@ -53,3 +53,61 @@ def test_operations_never_call_the_system_clock(
     breaker.record_success("k")
     assert [t.at.timestamp() for t in breaker.history("k")] == [clock.now - 5, clock.now, clock.now]
     breaker.status()
+
+
+@pytest.mark.parametrize("skew", [7.0, -7.0])
+def test_hosts_whose_clocks_disagree_wait_at_most_the_skew_longer_or_shorter(
+    make_breaker: BreakerFactory, clock: FakeClock, skew: float
+) -> None:
+    """Host A trips a key; host B, whose clock is `skew` s ahead (or behind), waits it out.
+
+    B's wait is the cooldown minus the skew: never negative (a circuit reopened before it
+    was tripped), never endless (a stored time in B's future counts as no time passed).
+    """
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=30))
+    host_a = make_breaker(config, clock=clock)
+    host_b = make_breaker(config, clock=lambda: clock.now + skew)
+    host_a.record_failure("gpt-4o")
+
+    with pytest.raises(CircuitOpenError) as rejected:
+        host_b.check("gpt-4o")
+    assert rejected.value.retry_after == 30 - skew  # B's view of the same stored trip
+    clock.advance(30 - skew - 0.001)
+    with pytest.raises(CircuitOpenError):
+        host_b.check("gpt-4o")
+    clock.advance(0.001)
+    host_b.check("gpt-4o")  # admitted exactly when B's own clock says the cooldown is over
+    host_b.record_failure("gpt-4o")  # the probe fails: B reopens it, stamped with B's time
+
+    # Now A sees a trip stamped `skew` s in its future (or past) and waits that much more
+    # (or less), counting a time still ahead of its clock as no time passed.
+    with pytest.raises(CircuitOpenError) as rejected:
+        host_a.check("gpt-4o")
+    assert rejected.value.retry_after == 30 + skew
+    clock.advance(30 + skew - 0.001)
+    with pytest.raises(CircuitOpenError):
+        host_a.check("gpt-4o")
+    clock.advance(0.001)
+    host_a.check("gpt-4o")
+    host_a.record_success("gpt-4o")
+    trail = host_a.history("gpt-4o")
+    assert [t.to_state for t in trail] == [
+        CircuitState.OPEN,
+        CircuitState.HALF_OPEN,
+        CircuitState.OPEN,
+        CircuitState.HALF_OPEN,
+        CircuitState.CLOSED,
+    ]
+
+
+def test_a_clock_behind_every_stored_time_counts_no_time_passed(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=30))
+    ahead = make_breaker(config, clock=lambda: clock.now + 3600)
+    behind = make_breaker(config, clock=clock)
+    ahead.record_failure("k")  # stamped an hour in `behind`'s future
+    with pytest.raises(CircuitOpenError) as rejected:
+        behind.check("k")
+    # Not "open for ever" and not "elapsed -3600 s": the full wait, plus the hour to catch up.
+    assert rejected.value.retry_after == 3600 + 30

@@ -241,3 +241,35 @@ def test_the_repr_names_the_database_without_its_password(db_url: str) -> None:
 def test_public_types_can_be_introspected() -> None:
     for cls in (CircuitBreakerConfig, Transition, KeyStatus):
         assert typing.get_type_hints(cls)  # pydantic, cattrs and friends rely on this
+
+
+NASTY_KEYS = [
+    "it's",
+    'say "hi"',
+    "a;b",
+    "'; DROP TABLE durable_breaker_circuit; --",
+    "x' OR '1'='1",
+    "tab\tnew\nline\rbell\x07esc\x1b",
+    "🔥gpt-4o🚀",
+    "%_\\",
+    "$1 ?",
+]
+
+
+@pytest.mark.parametrize("key", NASTY_KEYS)
+def test_hostile_keys_round_trip_exactly_through_bound_parameters(
+    make_breaker: BreakerFactory, key: str
+) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=1))
+    statements: list[str] = []
+    sa.event.listen(
+        breaker._store.engine,
+        "before_cursor_execute",
+        lambda _conn, _cursor, statement, *_: statements.append(statement),
+    )
+    breaker.record_failure(key, reason=key)
+    [trip] = breaker.history(key)
+    assert (trip.key, trip.reason) == (key, key)
+    assert [s.key for s in breaker.status()] == [key]
+    assert breaker.state(key) is CircuitState.OPEN
+    assert statements and not any(key in statement for statement in statements)

@@ -12,7 +12,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, exc, inspect, text
 
 from ._engine import write_transaction
 from ._errors import SchemaError
@@ -98,13 +98,37 @@ def lock_for_migration(connection: Connection) -> None:
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Upgrade the schema to head under a lock; return (revision before, revision after)."""
-    with translate_errors(engine, "migrate the schema"), write_transaction(engine) as connection:
-        lock_for_migration(connection)
-        before = current_revision(connection)  # read under the lock: another process may have won
-        _refuse_unknown(connection, before)
-        if before != head():
-            command.upgrade(alembic_config(connection), "head")
+    try:
+        with (
+            translate_errors(engine, "migrate the schema"),
+            write_transaction(engine) as connection,
+        ):
+            lock_for_migration(connection)
+            before = current_revision(connection)  # under the lock: another may have won
+            _refuse_unknown(connection, before)
+            if before != head():
+                _upgrade_as_owner(connection)
+    except _NotOwner as error:
+        raise SchemaError(
+            f"{safe_url(engine)} needs its durable-breaker schema created or upgraded, and this "
+            f"role may not create or change tables there ({error}); run `durable-breaker --url "
+            "URL migrate` as a role that owns the schema, then grant this one row access "
+            "(see the README)"
+        ) from error
     return before, head()
+
+
+class _NotOwner(Exception):
+    """The connected role lacks the privileges a migration needs."""
+
+
+def _upgrade_as_owner(connection: Connection) -> None:
+    try:
+        command.upgrade(alembic_config(connection), "head")
+    except exc.DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) == "42501":  # insufficient_privilege
+            raise _NotOwner(str(error.orig).strip().splitlines()[0]) from error
+        raise
 
 
 def ensure_schema(engine: Engine, migrate: bool | None) -> None:

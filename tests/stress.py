@@ -11,7 +11,9 @@ Two phases run in every worker, each in its own namespace:
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from durable_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
+from durable_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState
 from durable_breaker._machine import Trigger
 
 KEYS = ("gpt-4o", "claude", "llama")
@@ -188,7 +190,7 @@ def _check(
     with CircuitBreaker(url, GUARDED_CONFIG, namespace=GUARDED) as guarded:
         for key in KEYS:
             trail = guarded.history(key)
-            broken += _chain_breaks(key, trail, guarded.state(key))
+            broken += chain_breaks(key, trail, guarded.state(key))
             episodes_audited |= {
                 (key, t.at.isoformat()) for t in trail if t.to_state is CircuitState.HALF_OPEN
             }
@@ -211,7 +213,7 @@ def _check(
     )
 
 
-def _chain_breaks(key: str, trail: list[Any], state: CircuitState) -> list[str]:
+def chain_breaks(key: str, trail: list[Any], state: CircuitState) -> list[str]:
     """Where `key`'s audit trail is not one unbroken chain from Closed to its stored state."""
     breaks = []
     expected = CircuitState.CLOSED
@@ -225,3 +227,79 @@ def _chain_breaks(key: str, trail: list[Any], state: CircuitState) -> list[str]:
     if expected is not state:
         breaks.append(f"{key}: the trail ends in {expected} but the stored state is {state}")
     return breaks
+
+
+# Crashes: a forked child hammers two keys until it is killed with SIGKILL.
+CRASH_KEYS = ("gpt-4o", "claude")
+# Trips at the second failure and may probe at once, so almost every operation changes state:
+# a kill lands inside a state-changing transaction as often as possible.
+CHURN = CircuitBreakerConfig(failure_threshold=2, cooldown=timedelta(0), half_open_max=1)
+
+
+def _child(url: str, ready_fd: int, seed: int) -> None:
+    """Hammer the keys until killed; write one byte once the first operation has committed."""
+    rng = random.Random(seed)
+    breaker = CircuitBreaker(url, CHURN)
+    told = False
+    while True:
+        key = rng.choice(CRASH_KEYS)
+        try:
+            breaker.check(key)
+        except CircuitOpenError:
+            continue
+        if rng.random() < 0.6:
+            breaker.record_failure(key, reason="crash test")
+        else:
+            breaker.record_success(key)
+        if not told:
+            os.write(ready_fd, b"!")
+            told = True
+
+
+def fork_and_kill(url: str, seed: int, delay_s: float) -> None:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        code = 0
+        try:
+            os.close(read_fd)
+            _child(url, write_fd, seed)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        assert os.read(read_fd, 1) == b"!", "the child died before its first operation"
+        time.sleep(delay_s)
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
+        "the child stopped on its own (an error) before it was killed"
+    )
+
+
+@dataclass
+class KillSummary:
+    rounds: int
+    transitions: int  # audited state changes the killed processes and the survivor made
+    problems: list[str]  # broken chains, or a key the survivor could not change
+
+
+def kill_rounds(url: str, rounds: int, seed: int = 2026) -> KillSummary:
+    """Fork, let the child work, SIGKILL it at a random moment; after each kill check the
+    audit chains and that this process can still change every key."""
+    rng = random.Random(seed)
+    problems: list[str] = []
+    with CircuitBreaker(url, CHURN) as survivor:
+        for round_ in range(rounds):
+            fork_and_kill(url, seed=seed + round_, delay_s=rng.uniform(0, 0.03))
+            for key in CRASH_KEYS:
+                problems += chain_breaks(key, survivor.history(key), survivor.state(key))
+                survivor.record_success(key)
+                if survivor.state(key) is not CircuitState.CLOSED:
+                    problems.append(f"round {round_}: {key} did not close after a success")
+        transitions = sum(len(survivor.history(key)) for key in CRASH_KEYS)
+    return KillSummary(rounds, transitions, problems)

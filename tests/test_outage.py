@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from .conftest import FakeClock, postgres_schema_url
 from .tcp_proxy import TcpProxy
 
 RECHECK_S = 0.2
+PASSWORD = "s3cret-pw"
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +53,8 @@ def proxy(postgres_admin_url: str) -> Iterator[tuple[TcpProxy, str]]:
     direct = sa.make_url(next(schema))
     tcp_proxy = TcpProxy((direct.host or "127.0.0.1", direct.port or 5432))
     try:
-        proxied = direct.set(host="127.0.0.1", port=tcp_proxy.port)
+        # Trust authentication ignores the password: it is here to be kept out of messages.
+        proxied = direct.set(host="127.0.0.1", port=tcp_proxy.port, password=PASSWORD)
         yield tcp_proxy, proxied.render_as_string(hide_password=False)
     finally:
         tcp_proxy.close()
@@ -100,6 +103,8 @@ def test_fallback_decides_in_process_and_the_database_wins_when_it_returns(
             breaker.check("tripped")
     messages = _outage_messages(caplog)
     assert len(messages) == 2, messages
+    assert not any(PASSWORD in message for message in messages)
+    assert PASSWORD not in repr(breaker)
     assert messages[0].startswith("database unavailable, on_store_error='fallback'")
     assert "answers again after" in messages[1]
 
@@ -154,6 +159,7 @@ def test_raise_raises_store_unavailable_not_circuit_open(
             with pytest.raises(StoreUnavailableError) as raised:
                 operation("healthy")
             assert not isinstance(raised.value, CircuitOpenError)
+            assert PASSWORD not in str(raised.value) and "***" in str(raised.value)
             assert raised.value.unreachable
         tcp_proxy.restore()
         time.sleep(RECHECK_S * 1.5)
@@ -243,3 +249,22 @@ def test_an_sqlite_file_locked_by_another_process(
         breaker.check("k")  # the failure made while locked was not stored: still closed
         breaker.record_failure("k")
         assert breaker.state("k") is CircuitState.OPEN
+
+
+@pytest.mark.postgres
+def test_fallback_remembers_at_most_fallback_keys_least_recently_used_first(
+    proxy: tuple[TcpProxy, str], clock: FakeClock
+) -> None:
+    tcp_proxy, url = proxy
+    config = replace(_config("fallback"), fallback_keys=2)
+    with CircuitBreaker(url, config, clock=clock) as breaker:
+        _trip(breaker, "a")
+        _trip(breaker, "b")
+        with pytest.raises(CircuitOpenError):
+            breaker.check("a")  # "a" is now used more recently than "b"
+        _trip(breaker, "c")  # a third key: "b", the least recently used, is forgotten
+        tcp_proxy.cut()
+        for remembered in ("a", "c"):
+            with pytest.raises(CircuitOpenError):
+                breaker.check(remembered)
+        breaker.check("b")  # forgotten: decided as a new, closed circuit

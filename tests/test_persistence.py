@@ -523,15 +523,44 @@ def test_writes_bound_their_lock_wait_and_migrations_do_not(pg_url: str) -> None
     try:
         with recorded_statements(engine) as statements, CircuitBreaker(engine, TRIP_AT_2) as b:
             b.record_failure("k")
-        locks = [s for s in statements if "lock_timeout" in s or "advisory" in s]
+        locks = [s for s in statements if "_timeout" in s or "advisory" in s]
         assert locks == [
             "SET LOCAL lock_timeout = 5000",  # every write transaction starts bounded...
             "SET LOCAL lock_timeout = 0",  # ...but the migration may wait for another's
+            "SET LOCAL statement_timeout = 0",  # and take as long as it needs
             "SELECT pg_advisory_xact_lock(%(key)s)",
             "SET LOCAL lock_timeout = 5000",  # the write may not wait for long
         ]
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_store_timeout_bounds_every_wait_on_postgresql(pg_url: str) -> None:
+    config = CircuitBreakerConfig(store_timeout=timedelta(seconds=1.5))
+    with CircuitBreaker(pg_url, config) as breaker, breaker._store.engine.connect() as connection:
+        parameters = connection.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+        assert (parameters["connect_timeout"], parameters["tcp_user_timeout"]) == ("2", "1500")
+        assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "1500ms"
+        assert breaker._store.engine.pool.timeout() == 1.5  # type: ignore[attr-defined]
+
+
+def test_store_timeout_is_sqlites_busy_timeout(tmp_path: Any) -> None:
+    config = CircuitBreakerConfig(store_timeout=timedelta(seconds=1.5))
+    with (
+        CircuitBreaker(f"sqlite:///{tmp_path / 'b.db'}", config) as breaker,
+        breaker._store.engine.connect() as connection,
+    ):
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1500
+
+
+@pytest.mark.postgres
+def test_timeouts_a_url_sets_are_kept(pg_url: str) -> None:
+    url = f"{pg_url}%20-c%20statement_timeout%3D7s&connect_timeout=9"
+    with CircuitBreaker(url) as breaker, breaker._store.engine.connect() as connection:
+        parameters = connection.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+        assert parameters["connect_timeout"] == "9"
+        assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "7s"
 
 
 def test_an_sqlite_uri_url_opens_an_existing_database_without_migrating(tmp_path: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import uuid
@@ -15,6 +14,10 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 
 from durable_breaker import CircuitBreaker, CircuitBreakerConfig
+
+from .processes import run_in_processes
+
+__all__ = ["run_in_processes"]  # re-exported for the tests
 
 POSTGRES_URL = os.environ.get("DURABLE_BREAKER_TEST_POSTGRES_URL")
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
@@ -83,39 +86,6 @@ def run_in_threads(target: Callable[[], object], count: int) -> None:
         thread.join()
     if errors:
         raise errors[0]
-
-
-def _released(
-    barrier: Any, results: Any, target: Callable[..., object], args: tuple[Any, ...]
-) -> None:
-    try:
-        barrier.wait()
-        results.put(target(*args))
-    except BaseException as error:  # handed to the parent
-        results.put(error)
-
-
-def run_in_processes(target: Callable[..., Any], count: int, *args: Any) -> list[Any]:
-    """Run `target(*args)` in `count` fresh processes released at once; return their results.
-
-    `target` must be a module-level function. The first error any process raised is re-raised.
-    """
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(count, timeout=120)
-    results = context.Queue()
-    processes = [
-        context.Process(target=_released, args=(barrier, results, target, args))
-        for _ in range(count)
-    ]
-    for process in processes:
-        process.start()
-    collected = [results.get(timeout=180) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
-    for result in collected:
-        if isinstance(result, BaseException):
-            raise result
-    return collected
 
 
 @pytest.fixture(scope="session")

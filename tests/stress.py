@@ -10,7 +10,6 @@ Two phases run in every worker, each in its own namespace:
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import random
 import signal
@@ -23,6 +22,8 @@ from typing import Any
 
 from durable_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState
 from durable_breaker._machine import Trigger
+
+from .processes import run_in_processes
 
 KEYS = ("gpt-4o", "claude", "llama")
 GUARDED = "stress-guarded"
@@ -128,14 +129,6 @@ def _in_threads(
         thread.join()
 
 
-def _released(barrier: Any, results: Any, args: tuple[Any, ...]) -> None:
-    try:
-        barrier.wait()
-        results.put(worker(*args))
-    except BaseException as error:  # handed to the parent
-        results.put(error)
-
-
 @dataclass
 class StressSummary:
     processes: int
@@ -160,23 +153,9 @@ class StressSummary:
 
 def run_stress(url: str, processes: int, threads: int, calls: int, seed: int = 0) -> StressSummary:
     """Run the harness against `url` (both namespaces should be empty) and check the result."""
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(processes, timeout=300)
-    results = context.Queue()
     started = time.perf_counter()
-    children = [
-        context.Process(target=_released, args=(barrier, results, (url, threads, calls, seed + i)))
-        for i in range(processes)
-    ]
-    for child in children:
-        child.start()
-    reports = [results.get(timeout=900) for _ in children]
-    for child in children:
-        child.join(timeout=60)
+    reports = run_in_processes(worker, processes, url, threads, calls, seed)
     seconds = time.perf_counter() - started
-    for report in reports:
-        if isinstance(report, BaseException):
-            raise report
     return _check(url, processes, threads, seconds, reports)
 
 

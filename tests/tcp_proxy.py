@@ -9,8 +9,9 @@ import threading
 
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to `target`. `cut()` drops every connection and hangs up on
-    new ones at once (as a crashed server or a failed-over address would); `restore()` forwards
-    again. `accepted` counts the connections clients tried to open."""
+    new ones at once (as a crashed server or a failed-over address would); `freeze()` keeps
+    every connection open but silently drops what passes (as a hung pooler or a black-holed
+    route would); `restore()` forwards again. `accepted` counts the connections opened."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self._target = target
@@ -18,6 +19,7 @@ class TcpProxy:
         self.port: int = self._listener.getsockname()[1]
         self.accepted = 0
         self._forwarding = True
+        self._frozen = False
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -34,17 +36,21 @@ class TcpProxy:
             if not forwarding:
                 client.close()
                 continue
+            if self._frozen:
+                with self._lock:
+                    self._sockets.append(client)  # held open, never answered
+                continue
             upstream = socket.create_connection(self._target)
             with self._lock:
                 self._sockets += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if not self._frozen:
+                    sink.sendall(data)
         except OSError:
             pass  # the other side, or cut(), closed it
         for end in (source, sink):
@@ -60,9 +66,13 @@ class TcpProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
+    def freeze(self) -> None:
+        self._frozen = True
+
     def restore(self) -> None:
         with self._lock:
             self._forwarding = True
+            self._frozen = False
 
     def close(self) -> None:
         self.cut()

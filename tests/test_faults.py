@@ -19,7 +19,7 @@ from durable_breaker import (
     StoreError,
     StoreUnavailableError,
 )
-from durable_breaker._faults import MAX_ATTEMPTS
+from durable_breaker._faults import MAX_ATTEMPTS, classify
 
 from .conftest import BreakerFactory
 
@@ -101,3 +101,75 @@ def test_a_permanent_error_is_not_retried_and_is_not_an_outage(
         breaker.record_failure("k")
     assert not isinstance(raised.value, StoreUnavailableError)
     assert calls["writes"] == 1
+
+
+def _op(orig: Exception, wrapper: type[sa.exc.DBAPIError] = sa.exc.OperationalError) -> Any:
+    """`orig` as SQLAlchemy wraps a driver error."""
+    return wrapper("SELECT 1", {}, orig)
+
+
+pg = psycopg.errors
+
+
+@pytest.mark.parametrize(
+    ("error", "fault"),
+    [
+        (_op(sqlite3.OperationalError("database is locked")), "transient"),
+        (_op(sqlite3.OperationalError("disk I/O error")), "unreachable"),
+        (_op(sqlite3.OperationalError("database or disk is full")), "unreachable"),
+        (_op(sqlite3.OperationalError("no such table: x")), "error"),
+        (_op(sqlite3.IntegrityError("UNIQUE failed"), sa.exc.IntegrityError), "error"),
+        (_op(pg.SerializationFailure("x")), "transient"),
+        (_op(pg.DeadlockDetected("x")), "transient"),
+        (_op(pg.QueryCanceled("statement timeout")), "busy"),
+        (_op(pg.LockNotAvailable("lock timeout")), "busy"),
+        (_op(pg.AdminShutdown("terminating connection")), "unreachable"),
+        (_op(pg.CannotConnectNow("the database system is starting up")), "unreachable"),
+        (_op(pg.TooManyConnections("too many clients")), "unreachable"),
+        (_op(pg.ReadOnlySqlTransaction("standby"), sa.exc.InternalError), "unreachable"),
+        (_op(pg.UndefinedTable("no table"), sa.exc.ProgrammingError), "error"),
+        (_op(pg.InsufficientPrivilege("denied"), sa.exc.ProgrammingError), "error"),
+        (_op(psycopg.OperationalError("connection failed: Connection refused")), "unreachable"),
+        (_op(psycopg.OperationalError("FATAL:  password authentication failed")), "error"),
+        (_op(psycopg.OperationalError('FATAL:  database "x" does not exist')), "error"),
+        (sa.exc.TimeoutError("QueuePool limit reached"), "busy"),
+    ],
+)
+def test_errors_are_classified_by_what_retrying_or_waiting_can_do(
+    error: sa.exc.SQLAlchemyError, fault: str
+) -> None:
+    assert classify(error).value == fault
+
+
+@pytest.mark.postgres
+def test_a_missing_database_is_a_setting_to_fix_not_an_outage(postgres_admin_url: str) -> None:
+    url = sa.make_url(postgres_admin_url).set(database="db_test_does_not_exist")
+    with pytest.raises(StoreError, match="does not exist") as raised:
+        CircuitBreaker(url.render_as_string(hide_password=False))
+    assert not isinstance(raised.value, StoreUnavailableError)
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_during_commit_is_not_retried_and_says_the_outcome_is_unknown(
+    pg_url: str, postgres_admin_url: str
+) -> None:
+    breaker = CircuitBreaker(pg_url, CONFIG)
+    admin = sa.create_engine(postgres_admin_url.replace("postgresql://", "postgresql+psycopg://"))
+    commits = []
+
+    def kill_own_backend(connection: sa.Connection) -> None:
+        commits.append(connection)
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with admin.begin() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+    try:
+        sa.event.listen(breaker._store.engine, "commit", kill_own_backend)
+        with pytest.raises(StoreUnavailableError, match="may or may not have been stored"):
+            breaker.record_failure("k")
+        sa.event.remove(breaker._store.engine, "commit", kill_own_backend)
+        assert len(commits) == 1  # not retried: a retry could have counted it twice
+        assert breaker.status() == []  # here the server had not committed it
+    finally:
+        breaker.close()
+        admin.dispose()

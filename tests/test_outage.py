@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -268,3 +269,33 @@ def test_fallback_remembers_at_most_fallback_keys_least_recently_used_first(
             with pytest.raises(CircuitOpenError):
                 breaker.check(remembered)
         breaker.check("b")  # forgotten: decided as a new, closed circuit
+
+
+@pytest.mark.postgres
+def test_a_server_that_stops_answering_does_not_hang_the_caller(
+    proxy: tuple[TcpProxy, str], clock: FakeClock
+) -> None:
+    """Bytes are accepted and never answered: only the client-side watchdog can end the wait."""
+    tcp_proxy, url = proxy
+    with CircuitBreaker(url, _config("fallback"), clock=clock) as breaker:
+        _trip(breaker, "tripped")
+        tcp_proxy.freeze()
+        outcome: list[BaseException | None] = []
+
+        def call() -> None:
+            try:
+                breaker.check("tripped")
+                outcome.append(None)
+            except BaseException as error:
+                outcome.append(error)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(timeout=30)  # far above the bound (store_timeout + 1 s + a reconnect)
+        assert not caller.is_alive(), "check() hung on a server that stopped answering"
+        assert len(outcome) == 1 and isinstance(outcome[0], CircuitOpenError)  # from memory
+        tcp_proxy.restore()
+        time.sleep(RECHECK_S * 1.5)
+        with pytest.raises(CircuitOpenError):
+            breaker.check("tripped")
+        assert breaker.state("tripped") is CircuitState.OPEN  # the database answers again

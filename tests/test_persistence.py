@@ -23,7 +23,7 @@ from durable_breaker import (
     StoreError,
     StoreUnavailableError,
 )
-from durable_breaker._engine import make_engine
+from durable_breaker._engine import make_engine, write_transaction
 
 from .conftest import (
     BreakerFactory,
@@ -524,12 +524,13 @@ def test_writes_bound_their_lock_wait_and_migrations_do_not(pg_url: str) -> None
         with recorded_statements(engine) as statements, CircuitBreaker(engine, TRIP_AT_2) as b:
             b.record_failure("k")
         locks = [s for s in statements if "_timeout" in s or "advisory" in s]
+        bounded = "SET LOCAL lock_timeout = 5000; SET LOCAL statement_timeout = 5000"
         assert locks == [
-            "SET LOCAL lock_timeout = 5000",  # every write transaction starts bounded...
+            bounded,  # every write transaction starts bounded...
             "SET LOCAL lock_timeout = 0",  # ...but the migration may wait for another's
             "SET LOCAL statement_timeout = 0",  # and take as long as it needs
             "SELECT pg_advisory_xact_lock(%(key)s)",
-            "SET LOCAL lock_timeout = 5000",  # the write may not wait for long
+            bounded,  # the write may not wait for long
         ]
     finally:
         engine.dispose()
@@ -541,8 +542,10 @@ def test_store_timeout_bounds_every_wait_on_postgresql(pg_url: str) -> None:
     with CircuitBreaker(pg_url, config) as breaker, breaker._store.engine.connect() as connection:
         parameters = connection.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
         assert (parameters["connect_timeout"], parameters["tcp_user_timeout"]) == ("2", "1500")
-        assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "1500ms"
         assert breaker._store.engine.pool.timeout() == 1.5  # type: ignore[attr-defined]
+    with write_transaction(breaker._store.engine) as connection:
+        show = "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+        assert connection.exec_driver_sql(show).one() == ("1500ms", "1500ms")
 
 
 def test_store_timeout_is_sqlites_busy_timeout(tmp_path: Any) -> None:
@@ -560,7 +563,9 @@ def test_timeouts_a_url_sets_are_kept(pg_url: str) -> None:
     with CircuitBreaker(url) as breaker, breaker._store.engine.connect() as connection:
         parameters = connection.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
         assert parameters["connect_timeout"] == "9"
-        assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "7s"
+    with write_transaction(breaker._store.engine) as connection:
+        show = "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+        assert connection.exec_driver_sql(show).one() == ("5s", "7s")
 
 
 def test_an_sqlite_uri_url_opens_an_existing_database_without_migrating(tmp_path: Any) -> None:

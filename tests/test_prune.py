@@ -88,7 +88,7 @@ def test_cli_prune_reports_what_it_removed(
     out = io.StringIO()
     # The CLI reads the real clock, which is years past the fake clock's start.
     assert run(["--url", db_url, "prune", "--older-than", "30d", "--batch-size", "1"], out) == 0
-    assert out.getvalue().startswith("removed 2 transitions older than ")
+    assert out.getvalue().startswith("removed 2 transitions older than 30 days, 0:00:00 ")
     assert "from namespace 'default' (the latest of every key is kept)" in out.getvalue()
     assert len(breaker.history("gpt-4o")) == 1
 
@@ -99,3 +99,15 @@ def test_cli_prune_refuses_an_unreadable_age(age: str, capsys: pytest.CaptureFix
         run(["prune", f"--older-than={age}"])
     assert exit_.value.code == 2
     assert "expected a whole number and a unit s, m, h, d or w" in capsys.readouterr().err
+
+
+def test_an_age_older_than_any_date_removes_nothing(
+    make_breaker: BreakerFactory, clock: FakeClock, db_url: str
+) -> None:
+    breaker = make_breaker(TRIP_AT_1)
+    _cycle(breaker, "k", clock)
+    assert breaker.prune(timedelta(days=10**6)) == 0
+    out = io.StringIO()
+    assert run(["--url", db_url, "prune", "--older-than", "9999999d"], out) == 0
+    assert out.getvalue().startswith("removed 0 transitions older than 9999999 days")
+    assert len(breaker.history("k")) == 3

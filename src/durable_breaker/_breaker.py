@@ -164,45 +164,54 @@ class CircuitBreaker:
 
     def _fire(
         self, key: str, trigger: Trigger, reason: str | None = None, *, peek: bool = False
-    ) -> Decision | None:
+    ) -> Decision:
         """Decide `trigger` for `key` and store the outcome (`peek`: decide only).
 
-        While the database is unavailable, on_store_error decides: "fallback" returns an
-        in-process decision, "raise" raises StoreUnavailableError, "allow" and "deny"
-        return None.
+        While the database is unavailable, "fallback" decides in process; the other modes
+        get the StoreUnavailableError to act on (see `_unless_unavailable`).
         """
         store = self._open_store(key)
-        try:
-            if self._outage.skip_store():
-                raise self._outage.unavailable()
-            # Optimistic read: most calls (a healthy key, a rejection) change nothing, and a
-            # decision drawn from committed state that writes nothing needs no lock.
-            decision = decide(store.load(key), trigger, self._now(), self._config)
-            if decision.needs_write and not peek:
-                decision = store.fire(
-                    key, trigger, self._now, self._config, reason=reason, actor=self.actor
-                )
-        except StoreUnavailableError as error:
-            self._outage.failed(error)
-            mode = self._config.on_store_error
-            if mode == "fallback":
-                return self._outage.decide(key, trigger, self._now(), peek=peek)
-            if mode == "raise":
-                raise
-            return None
-        self._outage.answered(key, decision.after)
-        return decision
+        if self._outage.skip_store():
+            error = self._outage.unavailable()
+        else:
+            try:
+                # Optimistic read: most calls (a healthy key, a rejection) change nothing,
+                # and a decision drawn from committed state that writes nothing needs no lock.
+                decision = decide(store.load(key), trigger, self._now(), self._config)
+                if decision.needs_write and not peek:
+                    decision = store.fire(
+                        key, trigger, self._now, self._config, reason=reason, actor=self.actor
+                    )
+            except StoreUnavailableError as raised:
+                self._outage.failed(raised)
+                error = raised
+            else:
+                # What is stored now: a peek or a decision that wrote nothing changed nothing.
+                stored = decision.after if decision.needs_write and not peek else decision.before
+                self._outage.answered(key, stored)
+                return decision
+        if self._config.on_store_error == "fallback":
+            return self._outage.decide(key, trigger, self._now(), peek=peek)
+        raise error
+
+    def _unless_unavailable(self, error: StoreUnavailableError) -> None:
+        """Drop a record_* the database cannot take, unless on_store_error is "raise"."""
+        if self._config.on_store_error == "raise":
+            raise error
 
     def check(self, key: str) -> None:
         """Admit a call to `key`, or raise CircuitOpenError.
 
         While the database is unavailable, `config.on_store_error` decides (see there).
         """
-        decision = self._fire(key, Trigger.CHECK)
-        if decision is None:
+        try:
+            decision = self._fire(key, Trigger.CHECK)
+        except StoreUnavailableError as error:
+            if self._config.on_store_error == "allow":
+                return
             if self._config.on_store_error == "deny":
-                raise CircuitOpenError(key, CircuitState.OPEN, None) from self._outage.unavailable()
-            return
+                raise CircuitOpenError(key, CircuitState.OPEN, None) from error
+            raise
         if not decision.fired:
             raise CircuitOpenError(
                 key, decision.before.state, retry_after(decision.before, decision.now, self._config)
@@ -210,7 +219,10 @@ class CircuitBreaker:
 
     def record_success(self, key: str) -> None:
         """Record a successful call: the key's circuit closes and its counts reset."""
-        self._fire(key, Trigger.SUCCESS)
+        try:
+            self._fire(key, Trigger.SUCCESS)
+        except StoreUnavailableError as error:
+            self._unless_unavailable(error)
 
     def record_failure(self, key: str, reason: str | None = None) -> None:
         """Record a failed call.
@@ -220,7 +232,10 @@ class CircuitBreaker:
         but its reason is not kept.
         """
         _check_reason(reason)
-        self._fire(key, Trigger.FAILURE, reason)
+        try:
+            self._fire(key, Trigger.FAILURE, reason)
+        except StoreUnavailableError as error:
+            self._unless_unavailable(error)
 
     def reset(self, key: str, *, reason: str | None = None) -> Transition:
         """Force a stored key's circuit closed; return the audited transition."""
@@ -235,6 +250,7 @@ class CircuitBreaker:
             actor=actor,
             must_exist=True,
         )
+        self._outage.answered(key, decision.after)
         return Transition(
             key=key,
             from_state=decision.before.state,
@@ -248,10 +264,12 @@ class CircuitBreaker:
 
     def is_available(self, key: str) -> bool:
         """Whether `check` would admit a call now; reads only, spends no probe."""
-        decision = self._fire(key, Trigger.CHECK, peek=True)
-        if decision is None:
+        try:
+            return self._fire(key, Trigger.CHECK, peek=True).fired
+        except StoreUnavailableError:
+            if self._config.on_store_error == "raise":
+                raise
             return self._config.on_store_error == "allow"
-        return decision.fired
 
     def state(self, key: str) -> CircuitState:
         """The stored state of `key` (CLOSED for a key never stored).
@@ -298,7 +316,11 @@ class CircuitBreaker:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         store = self._open_store()
-        return store.prune(self._now() - older_than, batch_size)
+        try:
+            cutoff = self._now() - older_than
+        except OverflowError:
+            return 0  # before the year 1: nothing is that old
+        return store.prune(cutoff, batch_size)
 
     def close(self) -> None:
         """Release the database connections (an Engine passed in is left to its owner)."""

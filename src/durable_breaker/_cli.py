@@ -146,12 +146,10 @@ def _cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args) as breaker:
-        cutoff = breaker._now() - args.older_than
         removed = breaker.prune(args.older_than, batch_size=args.batch_size)
     print(
-        f"removed {removed} transition{'s' * (removed != 1)} older than "
-        f"{cutoff:%Y-%m-%d %H:%M:%S}Z from namespace {args.namespace!r} "
-        "(the latest of every key is kept)",
+        f"removed {removed} transition{'s' * (removed != 1)} older than {args.older_than} "
+        f"from namespace {args.namespace!r} (the latest of every key is kept)",
         file=out,
     )
     return 0

@@ -17,9 +17,12 @@ from sqlalchemy.engine import URL
 
 from ._errors import InvalidArgumentError, StoreUnavailableError
 from ._urls import parse_url, safe_url
+from ._watchdog import StallWatchdog
 
 DEFAULT_URL = "sqlite:///durable_breaker.db"
 DEFAULT_TIMEOUT_S = 5.0  # CircuitBreakerConfig.store_timeout's default
+# The watchdog only acts once the server's own timeouts had their chance to answer.
+STALL_MARGIN_S = 1.0
 _IMMEDIATE = "durable_breaker_immediate"
 _log = logging.getLogger("durable_breaker")
 
@@ -42,8 +45,9 @@ def make_engine(url: str | URL, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
     """An engine for `url`, set up for durable-breaker's locking on its backend.
 
     Every wait is bounded by `timeout_s` (a setting the URL makes itself wins): SQLite's busy
-    timeout; PostgreSQL's connect, TCP, statement and (in write transactions) lock timeouts;
-    waiting for a pooled connection.
+    timeout; PostgreSQL's connect and TCP timeouts, the lock and statement timeouts of write
+    transactions, and a watchdog on every checked-out connection; waiting for a pooled
+    connection.
     """
     parsed = parse_url(url)
     options = str(parsed.query.get("options", ""))
@@ -70,10 +74,14 @@ def make_engine(url: str | URL, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
     else:
-        if "statement_timeout" not in options:
-            event.listen(engine, "connect", functools.partial(_postgres_on_connect, timeout_ms))
-        if "lock_timeout" not in options:
-            event.listen(engine, "begin", functools.partial(_postgres_on_begin, timeout_ms))
+        bounds = [
+            f"SET LOCAL {setting} = {timeout_ms}"
+            for setting in ("lock_timeout", "statement_timeout")
+            if setting not in options
+        ]
+        if bounds:
+            event.listen(engine, "begin", functools.partial(_postgres_on_begin, "; ".join(bounds)))
+        StallWatchdog(timeout_s + STALL_MARGIN_S).install(engine)
     prepare_engine(engine)
     _OWN_ENGINES.add(engine)
     return engine
@@ -129,19 +137,12 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _postgres_on_connect(timeout_ms: int, dbapi_connection: Any, _record: Any) -> None:
-    # A hung server must not hang the caller. A SET, not a startup option: poolers such as
-    # PgBouncer refuse startup options. Migrations lift it for their own transaction.
-    with dbapi_connection.cursor() as cursor:
-        cursor.execute(f"SET statement_timeout = {timeout_ms}")
-    dbapi_connection.commit()
-
-
-def _postgres_on_begin(timeout_ms: int, connection: Connection) -> None:
+def _postgres_on_begin(bounds: str, connection: Connection) -> None:
     # A row lock held by a stalled process must not block every writer of that key forever.
-    # Per transaction (SET LOCAL), so migrations are free to wait for each other longer.
+    # SET LOCAL, per transaction: safe behind PgBouncer in transaction mode (a session SET
+    # would leak to other clients), and migrations lift both for their own transaction.
     if connection.get_execution_options().get(_IMMEDIATE):
-        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout_ms}")
+        connection.exec_driver_sql(bounds)
 
 
 def settle_journal_mode(engine: Engine) -> None:

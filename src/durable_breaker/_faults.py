@@ -33,10 +33,18 @@ class Fault(enum.Enum):
 # (system) mean the server cannot serve us; query_canceled (statement_timeout) and
 # lock_not_available (lock_timeout) that it answered too slowly.
 _PG_TRANSIENT = ("40001", "40P01")
-_PG_UNREACHABLE = ("08", "53", "57P", "58")
+_PG_UNREACHABLE = ("08", "53", "57P", "58", "25006")  # 25006: a failover left us on a standby
 _PG_BUSY = ("57014", "55P03")
+# libpq reports a refused login without an SQLSTATE: these are settings to fix, not outages.
+_PG_REFUSED_LOGIN = (
+    "does not exist",
+    "authentication failed",
+    "pg_hba.conf",
+    "permission denied",
+    "password",
+)
 _SQLITE_TRANSIENT = ("database is locked", "database table is locked", "database is busy")
-_SQLITE_UNREACHABLE = ("unable to open database", "disk i/o error")
+_SQLITE_UNREACHABLE = ("unable to open database", "disk i/o error", "database or disk is full")
 
 
 def classify(error: exc.SQLAlchemyError) -> Fault:
@@ -47,23 +55,25 @@ def classify(error: exc.SQLAlchemyError) -> Fault:
         return Fault.BUSY  # no pooled connection came free in time
     if isinstance(error, exc.DisconnectionError):
         return Fault.UNREACHABLE
-    if not isinstance(error, (exc.OperationalError, exc.InterfaceError)):
+    if not isinstance(error, exc.DBAPIError):
         return Fault.ERROR
     sqlstate = getattr(error.orig, "sqlstate", None)
-    message = str(error.orig).lower()
     if sqlstate is not None:
         if sqlstate.startswith(_PG_TRANSIENT):
             return Fault.TRANSIENT
         if sqlstate.startswith(_PG_BUSY):
             return Fault.BUSY
         return Fault.UNREACHABLE if sqlstate.startswith(_PG_UNREACHABLE) else Fault.ERROR
-    if any(text in message for text in _SQLITE_TRANSIENT):
-        return Fault.TRANSIENT
-    if any(text in message for text in _SQLITE_UNREACHABLE):
-        return Fault.UNREACHABLE
-    # pysqlite reports schema problems ("no such table") as OperationalError too; psycopg
-    # reports a refused or broken connection as OperationalError without an SQLSTATE.
-    return Fault.ERROR if isinstance(error.orig, sqlite3.Error) else Fault.UNREACHABLE
+    if not isinstance(error, (exc.OperationalError, exc.InterfaceError)):
+        return Fault.ERROR
+    message = str(error.orig).lower()
+    if isinstance(error.orig, sqlite3.Error):
+        # pysqlite reports schema problems ("no such table") as OperationalError too.
+        if any(text in message for text in _SQLITE_TRANSIENT):
+            return Fault.TRANSIENT
+        return Fault.UNREACHABLE if any(t in message for t in _SQLITE_UNREACHABLE) else Fault.ERROR
+    # psycopg: a refused, broken or timed-out connection, or a refused login.
+    return Fault.ERROR if any(t in message for t in _PG_REFUSED_LOGIN) else Fault.UNREACHABLE
 
 
 def _store_error(

@@ -25,7 +25,7 @@ from durable_breaker import (
     _outage,
 )
 
-from .conftest import FakeClock, postgres_schema_url
+from .conftest import FakeClock, postgres_schema_url, run_in_threads
 from .tcp_proxy import TcpProxy
 
 RECHECK_S = 0.2
@@ -299,3 +299,33 @@ def test_a_server_that_stops_answering_does_not_hang_the_caller(
         with pytest.raises(CircuitOpenError):
             breaker.check("tripped")
         assert breaker.state("tripped") is CircuitState.OPEN  # the database answers again
+
+
+@pytest.mark.postgres
+def test_threads_sharing_a_breaker_ride_out_one_outage_together(
+    proxy: tuple[TcpProxy, str], clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    tcp_proxy, url = proxy
+    caplog.set_level(logging.WARNING, logger="durable_breaker")
+    with CircuitBreaker(url, _config("fallback"), clock=clock) as breaker:
+        for key in ("a", "b", "c"):
+            breaker.check(key)
+        tcp_proxy.cut()
+
+        def hammer() -> None:
+            for i in range(300):
+                key = "abc"[i % 3]
+                try:
+                    breaker.check(key)
+                except CircuitOpenError:
+                    continue
+                (breaker.record_failure if i % 2 else breaker.record_success)(key)
+
+        run_in_threads(hammer, 8)  # re-raises any error a thread met
+        tcp_proxy.restore()
+        time.sleep(RECHECK_S * 1.5)
+        for key in ("a", "b", "c"):
+            breaker.check(key)  # the database's Closed again
+    messages = _outage_messages(caplog)
+    assert len(messages) == 2, messages  # one outage, begun and ended once
+    assert "answers again after" in messages[1]

@@ -1,0 +1,530 @@
+"""The performance suite: durable-breaker against its peers and the raw driver floor.
+
+Every case runs interleaved with its baselines in this one invocation (each repetition times
+every variant once, in turn), so ratios hold on a noisy machine. Reports medians and min..max
+in microseconds per call and the ratios the targets are stated in. Usage, from the repository
+root (needs `pip install '.[bench]'`):
+
+    python benchmarks/run.py [--postgres URL] [--json FILE] [--chart FILE] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pybreaker
+import sqlalchemy as sa
+
+from durable_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError
+
+Case = dict[str, Callable[[], object]]
+HEALTHY = CircuitBreakerConfig(failure_threshold=10**9)
+RESULTS: dict[str, Any] = {}
+
+
+def per_call_us(fn: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def run_case(
+    name: str, variants: Case, repeat: int, calls: int, baselines: tuple[str, ...]
+) -> dict[str, float]:
+    """Time every variant `repeat` times, interleaved; print and keep medians and ratios."""
+    samples: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(repeat):
+        for label, fn in variants.items():
+            samples[label].append(per_call_us(fn, calls))
+    medians = {label: statistics.median(values) for label, values in samples.items()}
+    print(f"\n{name}  ({repeat} interleaved repetitions x {calls} calls; us per call)")
+    for label, values in samples.items():
+        ratios = "  ".join(
+            f"x{medians[label] / medians[base]:.2f} of {base}"
+            for base in baselines
+            if base in medians and base != label
+        )
+        print(
+            f"  {label:<34} {medians[label]:9.1f}  ({min(values):.1f} .. {max(values):.1f})  "
+            f"{ratios}"
+        )
+    RESULTS.setdefault("cases", {})[name] = {
+        label: {"median_us": medians[label], "samples_us": values}
+        for label, values in samples.items()
+    }
+    return medians
+
+
+# --- peers -----------------------------------------------------------------------------
+
+
+def _raise() -> None:
+    raise TimeoutError("the model did not answer")
+
+
+def pybreaker_memory(open_: bool) -> pybreaker.CircuitBreaker:
+    breaker = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=3600)
+    if open_:
+        with contextlib.suppress(Exception):
+            breaker.call(_raise)
+    return breaker
+
+
+def redis_client() -> Any | None:
+    """A client of a local Redis: the running one, else one started here; None if neither."""
+    import redis
+
+    for port in (6379, 6390):
+        client = redis.Redis(port=port)
+        try:
+            client.ping()
+            return client
+        except redis.ConnectionError:
+            if port == 6390:
+                return None
+            # Not running: start a throwaway one that keeps nothing on disk.
+            with contextlib.suppress(OSError):
+                import subprocess
+
+                subprocess.Popen(
+                    ["redis-server", "--port", "6390", "--save", "", "--appendonly", "no"],
+                    stdout=subprocess.DEVNULL,
+                )
+                time.sleep(0.5)
+    return None
+
+
+def pybreaker_redis(client: Any, open_: bool) -> pybreaker.CircuitBreaker:
+    storage = pybreaker.CircuitRedisStorage(
+        pybreaker.STATE_CLOSED, client, namespace=f"bench-{uuid.uuid4().hex[:8]}"
+    )
+    breaker = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=3600, state_storage=storage)
+    if open_:
+        with contextlib.suppress(Exception):
+            breaker.call(_raise)
+    return breaker
+
+
+def rejected(fn: Callable[[], object]) -> Callable[[], object]:
+    def call() -> None:
+        with contextlib.suppress(CircuitOpenError, pybreaker.CircuitBreakerError):
+            fn()
+
+    return call
+
+
+# --- one backend -------------------------------------------------------------------------
+
+
+class Backend:
+    """A database to measure on, with the raw driver statements each case compares against."""
+
+    def __init__(self, name: str, url: str, raw: Any, placeholder: str) -> None:
+        self.name, self.url, self.raw = name, url, raw
+        p = placeholder
+        self.read_sql = (
+            "SELECT state, consecutive_failures, half_open_probes, last_failure_at, "
+            f"half_open_since, version FROM durable_breaker_circuit "
+            f"WHERE namespace = {p} AND key = {p}"
+        )
+        self.update_sql = (
+            "UPDATE durable_breaker_circuit SET consecutive_failures = consecutive_failures + 1, "
+            f"last_failure_at = {p}, version = version + 1, updated_at = {p} "
+            f"WHERE namespace = {p} AND key = {p}"
+        )
+        self.audit_sql = (
+            "INSERT INTO durable_breaker_transition (namespace, key, from_state, to_state, "
+            f"trigger, at, consecutive_failures, reason, actor) VALUES ({p}, {p}, {p}, {p}, {p}, "
+            f"{p}, {p}, {p}, {p})"
+        )
+        self.begin = "BEGIN IMMEDIATE" if name == "SQLite" else "BEGIN"
+        self.lock_sql = self.read_sql + ("" if name == "SQLite" else " FOR UPDATE")
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        if self.name == "SQLite":
+            return self.raw.execute(sql, params)
+        return self.raw.execute(sql, params, prepare=True)
+
+    def raw_read(self, key: str) -> Callable[[], object]:
+        return lambda: self.execute(self.read_sql, ("default", key)).fetchone()
+
+    def raw_update(self, key: str) -> Callable[[], object]:
+        def update() -> None:
+            now = _now_param(self)
+            self.execute(self.update_sql, (now, now, "default", key))
+
+        return update
+
+    def raw_transaction(self, key: str) -> Callable[[], object]:
+        """One audited state change's statements in one transaction, there and back."""
+
+        def change(from_state: str, to_state: str) -> None:
+            now = _now_param(self)
+            self.execute(self.begin)
+            self.execute(self.lock_sql, ("default", key)).fetchone()
+            self.execute(self.update_sql, (now, now, "default", key))
+            self.execute(
+                self.audit_sql,
+                ("default", key, from_state, to_state, "failure", now, 1, "bench", "bench"),
+            )
+            self.execute("COMMIT")
+
+        def there_and_back() -> None:
+            change("closed", "open")
+            change("open", "closed")
+
+        return there_and_back
+
+
+def _now_param(backend: Backend) -> Any:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    return now.replace(tzinfo=None).isoformat(" ") if backend.name == "SQLite" else now
+
+
+def store_key(url: str, key: str) -> None:
+    """Store `key` as a healthy circuit (a failure, then a success)."""
+    with CircuitBreaker(url, HEALTHY) as breaker:
+        breaker.record_failure(key)
+        breaker.record_success(key)
+
+
+def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None:
+    url, name = backend.url, backend.name
+    store_key(url, "healthy")
+    ours = CircuitBreaker(url, HEALTHY)
+    tripped = CircuitBreaker(
+        url, CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(hours=1))
+    )
+    tripped.record_failure("open")
+    flapping = CircuitBreaker(
+        url, CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(0)), namespace="flap"
+    )
+    flapping.record_failure("probe")
+    mem, mem_open = pybreaker_memory(False), pybreaker_memory(True)
+    peers: Case = {"pybreaker (memory)": lambda: mem.call(lambda: None)}
+    open_peers: Case = {"pybreaker (memory)": rejected(lambda: mem_open.call(lambda: None))}
+    if redis is not None:
+        red, red_open = pybreaker_redis(redis, False), pybreaker_redis(redis, True)
+        peers["pybreaker (Redis)"] = lambda: red.call(lambda: None)
+        open_peers["pybreaker (Redis)"] = rejected(lambda: red_open.call(lambda: None))
+
+    def guarded() -> None:
+        ours.check("healthy")
+        ours.record_success("healthy")
+
+    def probe_and_reopen() -> None:
+        flapping.check("probe")  # Open -> HalfOpen: the probe is admitted
+        flapping.record_failure("probe")  # HalfOpen -> Open
+
+    def trip_and_close() -> None:
+        tripped.record_success("trip")
+        tripped.record_failure("trip")
+
+    store_key(url, "counted")
+    tripped.record_failure("trip")
+    write_calls = max(50, calls // 20)
+    RESULTS.setdefault("targets", {})[name] = targets = {}
+    m = run_case(
+        f"{name} 1. guarded call on a healthy key",
+        {"durable-breaker": guarded, **peers, "raw driver read": backend.raw_read("healthy")},
+        repeat,
+        calls,
+        ("pybreaker (memory)", "pybreaker (Redis)", "raw driver read"),
+    )
+    targets["guarded / pybreaker memory"] = m["durable-breaker"] / m["pybreaker (memory)"]
+    targets["guarded / raw read"] = m["durable-breaker"] / m["raw driver read"]
+    if "pybreaker (Redis)" in m:
+        targets["pybreaker Redis / guarded"] = m["pybreaker (Redis)"] / m["durable-breaker"]
+    run_case(
+        f"{name} 2. rejected call on an Open key",
+        {
+            "durable-breaker": rejected(lambda: tripped.check("open")),
+            **open_peers,
+            "raw driver read": backend.raw_read("open"),
+        },
+        repeat,
+        calls,
+        ("pybreaker (memory)", "raw driver read"),
+    )
+    m = run_case(
+        f"{name} 3. record_failure below the threshold",
+        {
+            "durable-breaker": lambda: ours.record_failure("counted"),
+            "raw driver UPDATE": backend.raw_update("counted"),
+        },
+        repeat,
+        write_calls,
+        ("raw driver UPDATE",),
+    )
+    targets["failure / raw UPDATE"] = m["durable-breaker"] / m["raw driver UPDATE"]
+    m = run_case(
+        f"{name} 4. a trip and a close (two audited state changes)",
+        {
+            "durable-breaker": trip_and_close,
+            "raw driver, same statements": backend.raw_transaction("trip"),
+        },
+        repeat,
+        write_calls,
+        ("raw driver, same statements",),
+    )
+    targets["trip / raw statements"] = m["durable-breaker"] / m["raw driver, same statements"]
+    run_case(
+        f"{name} 5. half-open probe admitted, then reopened (two audited changes)",
+        {
+            "durable-breaker": probe_and_reopen,
+            "raw driver, same statements": backend.raw_transaction("probe"),
+        },
+        repeat,
+        write_calls,
+        ("raw driver, same statements",),
+    )
+    for breaker in (ours, tripped, flapping):
+        breaker.close()
+    scale(backend, repeat, calls)
+    contention(backend)
+
+
+# --- 6. scale ----------------------------------------------------------------------------
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def scale(backend: Backend, repeat: int, calls: int) -> None:
+    """Per-call latency, memory and start-up with 10 keys and with 100,000 stored keys."""
+    name = backend.name
+    small, large = f"scale10-{uuid.uuid4().hex[:6]}", f"scale100k-{uuid.uuid4().hex[:6]}"
+    CircuitBreaker(backend.url, HEALTHY).close()
+    for namespace, count in ((small, 10), (large, 100_000)):
+        rows = [(namespace, f"model-{i}") for i in range(count)]
+        insert = (
+            "INSERT INTO durable_breaker_circuit (namespace, key, state, consecutive_failures, "
+            "half_open_probes, version, updated_at) VALUES ({p}, {p}, 'closed', 0, 0, 1, {p})"
+        ).format(p="?" if name == "SQLite" else "%s")
+        now = _now_param(backend)
+        if name == "SQLite":
+            backend.raw.execute("BEGIN")
+            backend.raw.executemany(insert, [(*row, now) for row in rows])
+            backend.raw.execute("COMMIT")
+        else:
+            with backend.raw.cursor() as cursor:
+                cursor.executemany(insert, [(*row, now) for row in rows])
+    startups: dict[str, float] = {}
+    breakers = {}
+    for namespace, count in ((small, 10), (large, 100_000)):
+        start = time.perf_counter()
+        breakers[count] = CircuitBreaker(backend.url, HEALTHY, namespace=namespace)
+        startups[f"{count} keys"] = (time.perf_counter() - start) * 1e3
+
+    def guarded(count: int) -> Callable[[], object]:
+        breaker, rng = breakers[count], random.Random(count)
+
+        def call() -> None:
+            key = f"model-{rng.randrange(count)}"
+            breaker.check(key)
+            breaker.record_success(key)
+
+        return call
+
+    before = rss_mib()
+    m = run_case(
+        f"{name} 6. scale: guarded call on a random key",
+        {"10 keys": guarded(10), "100,000 keys": guarded(100_000)},
+        repeat,
+        calls,
+        ("10 keys",),
+    )
+    for key_index in range(100_000):  # touch every key once
+        breakers[100_000].check(f"model-{key_index}")
+    grown = rss_mib() - before
+    print(
+        f"  start-up: {startups['10 keys']:.1f} ms on 10 keys, "
+        f"{startups['100000 keys']:.1f} ms on 100,000 keys; process memory grew "
+        f"{grown:.1f} MiB while every one of 100,000 keys was checked"
+    )
+    RESULTS["targets"][name]["100k keys / 10 keys"] = m["100,000 keys"] / m["10 keys"]
+    RESULTS.setdefault("scale", {})[name] = {
+        "startup_ms": startups,
+        "rss_growth_mib_after_100k_keys": grown,
+    }
+    for breaker in breakers.values():
+        breaker.close()
+
+
+# --- 7. contention -----------------------------------------------------------------------
+
+
+def _hammer(url: str, namespace: str, seconds: float) -> tuple[int, int, list[str]]:
+    """Guarded calls plus failures on one key for `seconds`; (operations, failures, errors)."""
+    config = CircuitBreakerConfig(failure_threshold=10**9, on_store_error="raise")
+    breaker = CircuitBreaker(url, config, namespace=namespace)
+    operations = failures = 0
+    errors: list[str] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        try:
+            breaker.check("shared")
+            if operations % 2:
+                breaker.record_failure("shared")
+                failures += 1
+            else:
+                breaker.check("shared")
+            operations += 1
+        except Exception as error:
+            errors.append(repr(error))
+    breaker.close()
+    return operations, failures, errors
+
+
+def contention(backend: Backend, seconds: float = 3.0) -> None:
+    namespace = f"contention-{uuid.uuid4().hex[:6]}"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.starmap(_hammer, [(backend.url, namespace, seconds)] * 2)
+    with CircuitBreaker(backend.url, HEALTHY, namespace=namespace) as breaker:
+        stored = {s.key: s.consecutive_failures for s in breaker.status()}.get("shared", 0)
+    operations = sum(r[0] for r in results)
+    made = sum(r[1] for r in results)
+    errors = [e for r in results for e in r[2]]
+    print(
+        f"\n{backend.name} 7. two processes on one key for {seconds:g} s: "
+        f"{operations / seconds:.0f} operations/s, {len(errors)} errors, "
+        f"{made - stored} lost updates ({made} failures made, {stored} stored)"
+    )
+    RESULTS.setdefault("contention", {})[backend.name] = {
+        "operations_per_s": operations / seconds,
+        "errors": errors[:5],
+        "lost_updates": made - stored,
+    }
+
+
+# --- set-up ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sqlite_backend() -> Iterator[Backend]:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bench.db"
+        url = f"sqlite:///{path}"
+        CircuitBreaker(url).close()
+        raw = sqlite3.connect(path, isolation_level=None)
+        try:
+            yield Backend("SQLite", url, raw, "?")
+        finally:
+            raw.close()
+
+
+@contextlib.contextmanager
+def postgres_backend(url: str) -> Iterator[Backend]:
+    """A schema of its own, dropped afterwards: the server is left as it was."""
+    import psycopg
+
+    plain = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(plain, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            scoped = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+            CircuitBreaker(scoped).close()
+            with psycopg.connect(
+                plain, autocommit=True, prepare_threshold=0, options=f"-csearch_path={schema}"
+            ) as raw:
+                yield Backend("PostgreSQL", scoped, raw, "%s")
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def environment(redis: Any) -> dict[str, str]:
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "python": platform.python_version(),
+        "durable-breaker": importlib.metadata.version("durable-breaker"),
+        "SQLAlchemy": sa.__version__,
+        "SQLite": sqlite3.sqlite_version,
+        "pybreaker": importlib.metadata.version("pybreaker"),
+        "Redis server": "not available" if redis is None else redis.info()["redis_version"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--postgres", metavar="URL", help="also measure on this PostgreSQL")
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=2000, help="per repetition (reads)")
+    parser.add_argument("--json", metavar="FILE", help="write every sample here")
+    parser.add_argument("--chart", metavar="FILE", help="draw case 1 as a PNG (matplotlib)")
+    args = parser.parse_args()
+    redis = redis_client()
+    RESULTS["environment"] = environment(redis)
+    print("; ".join(f"{k} {v}" for k, v in RESULTS["environment"].items()))
+    if redis is None:
+        print("pybreaker on Redis: no local redis-server could be reached or started; skipped")
+    with sqlite_backend() as backend:
+        bench_backend(backend, redis, args.repeat, args.calls)
+    if args.postgres:
+        with postgres_backend(args.postgres) as backend:
+            bench_backend(backend, redis, args.repeat, args.calls // 5)
+    print("\nTargets (ratios of medians in this run):")
+    for name, targets in RESULTS["targets"].items():
+        for label, ratio in targets.items():
+            print(f"  {name:<10} {label:<28} {ratio:8.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(RESULTS, indent=2))
+    if args.chart:
+        draw_chart(args.chart)
+
+
+def draw_chart(path: str) -> None:
+    """Case 1 on each backend as bars (log scale), with the machine and versions it ran on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    guarded = {
+        name.split(" 1.")[0]: variants
+        for name, variants in RESULTS["cases"].items()
+        if " 1. guarded call" in name
+    }
+    labels = sorted({label for variants in guarded.values() for label in variants})
+    figure, axes = plt.subplots(figsize=(9, 4.8))
+    width = 0.8 / len(guarded)
+    for index, (backend, variants) in enumerate(guarded.items()):
+        heights = [variants.get(label, {}).get("median_us", 0.0) for label in labels]
+        positions = [i + index * width for i in range(len(labels))]
+        bars = axes.bar(positions, heights, width, label=backend)
+        axes.bar_label(bars, fmt="%.1f", fontsize=7)
+    axes.set_yscale("log")
+    axes.set_ylabel("microseconds per guarded call (median, log scale)")
+    axes.set_xticks([i + width * (len(guarded) - 1) / 2 for i in range(len(labels))], labels)
+    axes.legend()
+    env = RESULTS["environment"]
+    axes.set_title("Guarded call on a healthy key: check + record_success", fontsize=11)
+    figure.text(0.01, 0.01, "; ".join(f"{k} {v}" for k, v in env.items()), fontsize=6)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    figure.savefig(path, dpi=120)
+    print(f"chart written to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -324,8 +324,10 @@ class CircuitBreaker:
 
     def close(self) -> None:
         """Release the database connections (an Engine passed in is left to its owner)."""
-        if not self._closed and self._owns_engine:
-            self._store.engine.dispose()
+        if not self._closed:
+            self._store.close()
+            if self._owns_engine:
+                self._store.engine.dispose()
         self._closed = True
 
     def __repr__(self) -> str:

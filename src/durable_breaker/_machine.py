@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from transitions import Machine
 
@@ -126,6 +126,7 @@ class Step:
     guards: tuple[tuple[str, bool], ...]
     dest: CircuitState | None
     effects: tuple[str, ...]
+    passing_guard: str | None  # the last guard that must pass: the one an audit reason names
 
 
 def _name(declared: object) -> str:
@@ -134,28 +135,33 @@ def _name(declared: object) -> str:
     return declared
 
 
+def _step(declared: Any) -> Step:
+    guards = tuple((_name(cond.func), cond.target) for cond in declared.conditions)
+    return Step(
+        guards=guards,
+        dest=None if declared.dest is None else CircuitState(declared.dest),
+        effects=tuple(_name(effect) for effect in declared.after),
+        passing_guard=next((name for name, target in reversed(guards) if target), None),
+    )
+
+
 def _compile(machine: Machine) -> dict[tuple[CircuitState, Trigger], tuple[Step, ...]]:
     table: dict[tuple[CircuitState, Trigger], tuple[Step, ...]] = {}
     for trigger in Trigger:
         event = machine.events[trigger.value]
         for source, declared in event.transitions.items():
-            table[CircuitState(source), trigger] = tuple(
-                Step(
-                    guards=tuple((_name(cond.func), cond.target) for cond in t.conditions),
-                    dest=None if t.dest is None else CircuitState(t.dest),
-                    effects=tuple(_name(effect) for effect in t.after),
-                )
-                for t in declared
-            )
+            table[CircuitState(source), trigger] = tuple(_step(t) for t in declared)
     return table
 
 
 _STEPS = _compile(MACHINE)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What one trigger does to one circuit."""
+class Decision(NamedTuple):
+    """What one trigger does to one circuit.
+
+    A named tuple rather than a dataclass: one is built per call on the hot path.
+    """
 
     fired: bool  # for `check`: whether the call is admitted
     now: datetime  # the time it was decided at
@@ -163,11 +169,7 @@ class Decision:
     after: Circuit
     audited: bool  # an external transition (a state change or a renewal): goes in the audit trail
     guard: str | None  # the guard that let the transition fire, if it had one
-
-    @property
-    def changed(self) -> bool:
-        """Whether the circuit's stored values change."""
-        return self.after != self.before
+    changed: bool  # whether the circuit's stored values change
 
     @property
     def needs_write(self) -> bool:
@@ -180,7 +182,10 @@ def select_step(
 ) -> Step | None:
     """The transition the machine fires from `state` on `trigger`, given which guards pass."""
     for step in _STEPS.get((state, trigger), ()):
-        if all(passes(name) is target for name, target in step.guards):
+        for name, target in step.guards:
+            if passes(name) is not target:
+                break
+        else:
             return step
     return None
 
@@ -191,22 +196,14 @@ def decide(
     """Fire `trigger` on `circuit` at `now` as the declared machine would; pure."""
     step = select_step(circuit.state, trigger, lambda name: GUARDS[name](circuit, now, config))
     if step is None:
-        return Decision(
-            fired=False, now=now, before=circuit, after=circuit, audited=False, guard=None
-        )
+        return Decision(False, now, circuit, circuit, False, None, False)
     after = circuit
     for effect in step.effects:
         after = EFFECTS[effect](after, now)
     if step.dest is not None:
         after = replace(after, state=step.dest)
-    return Decision(
-        fired=True,
-        now=now,
-        before=circuit,
-        after=after,
-        audited=step.dest is not None,
-        guard=next((name for name, target in reversed(step.guards) if target), None),
-    )
+    changed = after is not circuit and after != circuit
+    return Decision(True, now, circuit, after, step.dest is not None, step.passing_guard, changed)
 
 
 def describe(decision: Decision, config: CircuitBreakerConfig) -> str | None:

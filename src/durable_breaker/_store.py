@@ -15,6 +15,7 @@ from ._engine import write_transaction
 from ._errors import UnknownKeyError
 from ._faults import with_retries
 from ._machine import Decision, Trigger, decide, describe
+from ._reads import PostgresReads, SqliteReads
 from ._state import NEW_CIRCUIT, Circuit, CircuitState, Transition
 from ._tables import circuits, transitions
 
@@ -84,20 +85,30 @@ class SqlStore:
             else insert(circuits)
         )
         # Built once: building a statement per call costs more than the read itself.
-        self._select = select(*_CIRCUIT_COLUMNS).where(
-            self._where_ns, circuits.c.key == bindparam("key")
+        self._select_for_update = (
+            select(*_CIRCUIT_COLUMNS)
+            .where(self._where_ns, circuits.c.key == bindparam("key"))
+            .with_for_update()
         )
-        self._select_for_update = self._select.with_for_update()
+        self._reads: SqliteReads | PostgresReads = (
+            SqliteReads(engine, timeout_s)
+            if engine.dialect.name == "sqlite"
+            else PostgresReads(engine)
+        )
 
     def load(self, key: str) -> Circuit:
         """The committed circuit of `key` (a new one if never stored), read without locking."""
+        circuit = with_retries(
+            self.engine,
+            "read a circuit",
+            self.timeout_s,
+            lambda: self._reads.load(self.namespace, key),
+        )
+        return NEW_CIRCUIT if circuit is None else circuit
 
-        def read() -> Any:
-            with self._reader.connect() as connection:
-                return connection.execute(self._select, {"key": key}).first()
-
-        row = with_retries(self.engine, "read a circuit", self.timeout_s, read)
-        return NEW_CIRCUIT if row is None else _circuit(row)
+    def close(self) -> None:
+        """Close the connections the hot-path reads opened themselves."""
+        self._reads.close()
 
     def fire(
         self,

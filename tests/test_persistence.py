@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -592,3 +593,59 @@ def test_an_sqlite_uri_url_opens_an_existing_database_without_migrating(tmp_path
     CircuitBreaker(f"sqlite:///{path}").close()
     with CircuitBreaker(f"sqlite:///file:{path}?uri=true", migrate=False) as breaker:
         assert breaker.status() == []
+
+
+def test_a_guarded_call_on_a_healthy_key_is_one_read(
+    make_breaker: BreakerFactory,
+) -> None:
+    breaker = make_breaker(TRIP_AT_2)
+    breaker.record_failure("known")
+    breaker.record_success("known")
+    for key in ("known", "never-seen"):
+        with recorded_operations(breaker) as operations:
+            breaker.check(key)
+            breaker.record_success(key)  # decided against what the check just read
+        assert operations == ["READ"], key
+
+
+def test_a_success_after_this_breakers_own_write_is_not_taken_from_the_check(
+    make_breaker: BreakerFactory,
+) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=3))
+    breaker.check("k")
+    breaker.record_failure("k")  # this breaker wrote: the check no longer stands
+    breaker.record_success("k")
+    assert [s.consecutive_failures for s in breaker.status()] == [0]
+    breaker.check("k")
+    breaker.check("other")  # the last check was of another key
+    breaker.record_failure("k")
+    breaker.record_success("k")
+    assert [s.consecutive_failures for s in breaker.status() if s.key == "k"] == [0]
+
+
+def test_a_success_after_a_clean_check_does_not_undo_another_processes_failure(
+    make_breaker: BreakerFactory,
+) -> None:
+    """Documented: such a success counts as made at the check, before the other's failure."""
+    worker, other = make_breaker(TRIP_AT_2), make_breaker(TRIP_AT_2)
+    worker.check("gpt-4o")  # clean
+    other.record_failure("gpt-4o")
+    worker.record_success("gpt-4o")
+    assert [s.consecutive_failures for s in worker.status()] == [1]
+    worker.record_success("gpt-4o")  # without a check in front: read, and cleared
+    assert [s.consecutive_failures for s in worker.status()] == [0]
+
+
+def test_each_thread_has_its_own_last_check(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=3))
+    breaker.check("k")  # this thread: clean
+    done = threading.Event()
+
+    def elsewhere() -> None:
+        breaker.record_failure("k")
+        done.set()
+
+    threading.Thread(target=elsewhere).start()
+    assert done.wait(10)
+    breaker.record_success("k")  # the breaker wrote since this thread's check
+    assert [s.consecutive_failures for s in breaker.status()] == [0]

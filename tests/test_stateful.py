@@ -153,6 +153,18 @@ class BreakerComparison(RuleBasedStateMachine):
         self.start_s = self.clock.now
         self.namespace = uuid.uuid4().hex  # each example starts from an empty namespace
         self.breakers: list[CircuitBreaker] = []
+        # Per breaker: the key its last `check` read and whether that circuit was clean
+        # (Closed, no failures, no probes), until that breaker next writes. A success right
+        # after such a check is decided against what the check read (documented).
+        self.last_check: list[tuple[str, bool] | None] = [None, None]
+
+    def _snapshot(self, key: str) -> tuple[object, ...] | None:
+        k = self.model.keys.get(key)
+        return None if k is None else (k.state, k.failures, k.probes, len(k.trail))
+
+    def _clean(self, key: str) -> bool:
+        k = self.model.keys.get(key)
+        return k is None or (k.state == CLOSED and k.failures == 0 and k.probes == 0)
 
     def _now_ms(self) -> int:
         return round((self.clock.now - self.start_s) * 1000)
@@ -176,6 +188,7 @@ class BreakerComparison(RuleBasedStateMachine):
     @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
     def check(self, which: int, key: str) -> None:
         expected = self.model.check(key, self._now_ms())
+        self.last_check[which] = (key, self._clean(key))
         try:
             self.breakers[which].check(key)
             admitted = True
@@ -191,21 +204,32 @@ class BreakerComparison(RuleBasedStateMachine):
 
     @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
     def success(self, which: int, key: str) -> None:
-        self.model.success(key)
+        checked, self.last_check[which] = self.last_check[which], None
+        if checked != (key, True):
+            before = self._snapshot(key)
+            self.model.success(key)
+            if self._snapshot(key) != before:
+                self._wrote(which)
         self.breakers[which].record_success(key)
 
     @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
     def failure(self, which: int, key: str) -> None:
         self.model.failure(key, self._now_ms())
+        self._wrote(which)
         self.breakers[which].record_failure(key, reason="HTTP 503")
 
     @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
     def reset(self, which: int, key: str) -> None:
         if self.model.reset(key):
+            self._wrote(which)
             self.breakers[which].reset(key)
         else:
             with pytest.raises(UnknownKeyError):
                 self.breakers[which].reset(key)
+
+    def _wrote(self, which: int) -> None:
+        """Breaker `which` wrote: its last check no longer stands for what is stored."""
+        self.last_check[which] = None
 
     @rule(ms=st.integers(-5_000, 25_000))
     def advance(self, ms: int) -> None:
@@ -215,6 +239,7 @@ class BreakerComparison(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.breakers))
     @rule(which=st.integers(0, 1))
     def restart(self, which: int) -> None:
+        self.last_check[which] = None
         self.breakers[which].close()
         self.breakers[which] = self._open()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,6 +130,11 @@ class CircuitBreaker:
             self._config, safe_url(engine), remember=self._config.on_store_error == "fallback"
         )
         self._closed = False
+        # The circuit this thread's last `check` read, for a clean `record_success` after it
+        # (see there), and a count of this breaker's writes that outdates it.
+        self._checked = threading.local()
+        self._writes = itertools.count(1)
+        self._write_epoch = 0
 
     @property
     def config(self) -> CircuitBreakerConfig:
@@ -174,6 +181,7 @@ class CircuitBreaker:
         if self._outage.skip_store():
             error = self._outage.unavailable()
         else:
+            epoch = self._write_epoch
             try:
                 # Optimistic read: most calls (a healthy key, a rejection) change nothing,
                 # and a decision drawn from committed state that writes nothing needs no lock.
@@ -182,6 +190,7 @@ class CircuitBreaker:
                     decision = store.fire(
                         key, trigger, self._now, self._config, reason=reason, actor=self.actor
                     )
+                    self._write_epoch = epoch = next(self._writes)
             except StoreUnavailableError as raised:
                 self._outage.failed(raised)
                 error = raised
@@ -189,6 +198,8 @@ class CircuitBreaker:
                 # What is stored now: a peek or a decision that wrote nothing changed nothing.
                 stored = decision.after if decision.needs_write and not peek else decision.before
                 self._outage.answered(key, stored)
+                if trigger is Trigger.CHECK and not peek:
+                    self._checked.last = (key, epoch, stored, decision.now)
                 return decision
         if self._config.on_store_error == "fallback":
             return self._outage.decide(key, trigger, self._now(), peek=peek)
@@ -218,7 +229,21 @@ class CircuitBreaker:
             )
 
     def record_success(self, key: str) -> None:
-        """Record a successful call: the key's circuit closes and its counts reset."""
+        """Record a successful call: the key's circuit closes and its counts reset.
+
+        Right after this thread's `check` of the same key, with no write by this breaker in
+        between, the success is decided against the circuit that check read, at its time:
+        when that changes nothing (a healthy key), no statement runs at all.
+        """
+        checked = getattr(self._checked, "last", None)
+        self._checked.last = None
+        if (
+            checked is not None
+            and checked[0] == key
+            and checked[1] == self._write_epoch
+            and not decide(checked[2], Trigger.SUCCESS, checked[3], self._config).needs_write
+        ):
+            return
         try:
             self._fire(key, Trigger.SUCCESS)
         except StoreUnavailableError as error:

@@ -113,8 +113,10 @@ EFFECTS: dict[str, Effect] = {
     "count_failure": lambda c, now: replace(
         c, consecutive_failures=c.consecutive_failures + 1, last_failure_at=now
     ),
-    "clear": lambda c, now: replace(
-        c, consecutive_failures=0, half_open_probes=0, half_open_since=None
+    "clear": lambda c, now: (
+        c  # already clear (a success on a healthy key): no copy, so nothing changed
+        if c.consecutive_failures == c.half_open_probes == 0 and c.half_open_since is None
+        else replace(c, consecutive_failures=0, half_open_probes=0, half_open_since=None)
     ),
 }
 

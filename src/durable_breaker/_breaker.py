@@ -186,7 +186,8 @@ class CircuitBreaker:
                 # Optimistic read: most calls (a healthy key, a rejection) change nothing,
                 # and a decision drawn from committed state that writes nothing needs no lock.
                 decision = decide(store.load(key), trigger, self._now(), self._config)
-                if decision.needs_write and not peek:
+                writes = decision.needs_write and not peek
+                if writes:
                     decision = store.fire(
                         key, trigger, self._now, self._config, reason=reason, actor=self.actor
                     )
@@ -196,7 +197,7 @@ class CircuitBreaker:
                 error = raised
             else:
                 # What is stored now: a peek or a decision that wrote nothing changed nothing.
-                stored = decision.after if decision.needs_write and not peek else decision.before
+                stored = decision.after if writes else decision.before
                 self._outage.answered(key, stored)
                 if trigger is Trigger.CHECK and not peek:
                     self._checked.last = (key, epoch, stored, decision.now)

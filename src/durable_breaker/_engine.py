@@ -31,8 +31,15 @@ _log = logging.getLogger("durable_breaker")
 _OWN_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
+# How many times this process is a fork of the one that imported us: connections opened
+# under another count were inherited from a parent and must not be used.
+forks = 0
+
+
 def _forget_inherited_connections() -> None:
     # A connection shared by parent and child corrupts both; the child opens its own.
+    global forks
+    forks += 1
     for engine in list(_OWN_ENGINES):
         engine.dispose(close=False)
 

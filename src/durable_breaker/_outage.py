@@ -85,7 +85,8 @@ class OutageTracker:
                     self._database,
                     time.monotonic() - since,
                 )
-        if self._remember:
+        # The same circuit object again (reads share parsed rows) needs no bookkeeping.
+        if self._remember and self._seen.get(key) is not circuit:
             with self._lock:
                 self._keep(key, circuit)
 

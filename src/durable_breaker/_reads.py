@@ -9,7 +9,6 @@ would wrap them, so the retry and outage logic sees one kind of error.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from datetime import UTC, datetime
@@ -17,21 +16,38 @@ from typing import Any
 
 from sqlalchemy import Engine, exc
 
+from . import _engine
 from ._state import Circuit, CircuitState
 
 _COLUMNS = "state, consecutive_failures, half_open_probes, last_failure_at, half_open_since"
 _STATES = {state.value: state for state in CircuitState}
 
 
-def _circuit(row: tuple[Any, ...], parse_time: Any) -> Circuit:
-    state, failures, probes, last_failure_at, half_open_since = row
-    return Circuit(
-        _STATES[state],
-        failures,
-        probes,
-        None if last_failure_at is None else parse_time(last_failure_at),
-        None if half_open_since is None else parse_time(half_open_since),
-    )
+class _Parsed:
+    """Rows already turned into circuits: most reads return a row seen before (a healthy key
+    reads the same values every time), and a lookup costs less than parsing its times."""
+
+    def __init__(self, parse_time: Any, size: int = 4096) -> None:
+        self._parse_time = parse_time
+        self._size = size
+        self._circuits: dict[tuple[Any, ...], Circuit] = {}
+
+    def circuit(self, row: tuple[Any, ...]) -> Circuit:
+        circuit = self._circuits.get(row)
+        if circuit is None:
+            state, failures, probes, last_failure_at, half_open_since = row
+            parse = self._parse_time
+            circuit = Circuit(
+                _STATES[state],
+                failures,
+                probes,
+                None if last_failure_at is None else parse(last_failure_at),
+                None if half_open_since is None else parse(half_open_since),
+            )
+            if len(self._circuits) >= self._size:
+                self._circuits.clear()  # bounded; refills with what is read now
+            self._circuits[row] = circuit
+        return circuit
 
 
 def _sqlite_time(text: str) -> datetime:
@@ -62,24 +78,26 @@ class SqliteReads:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._opened: list[sqlite3.Connection] = []
+        self._parsed = _Parsed(_sqlite_time)
 
     def load(self, namespace: str, key: str) -> Circuit | None:
         local = self._local
-        connection = getattr(local, "connection", None)
-        if connection is None or local.pid != os.getpid():  # new thread, or a forked child
-            connection = self._open()
+        cursor = getattr(local, "cursor", None)
+        if cursor is None or local.forks != _engine.forks:  # a new thread, or a forked child
+            cursor = self._open().cursor()
+            local.cursor = cursor
         try:
-            row = connection.execute(self._sql, (namespace, key)).fetchone()
+            row = cursor.execute(self._sql, (namespace, key)).fetchone()
         except sqlite3.Error as error:
             raise _wrapped(self._engine, self._sql, error, invalidated=False) from error
-        return None if row is None else _circuit(row, _sqlite_time)
+        return None if row is None else self._parsed.circuit(row)
 
     def _open(self) -> sqlite3.Connection:
         try:
             connection: sqlite3.Connection = sqlite3.connect(self._database, **self._connect_kwargs)
         except sqlite3.Error as error:
             raise _wrapped(self._engine, "connect", error, invalidated=False) from error
-        self._local.connection, self._local.pid = connection, os.getpid()
+        self._local.forks = _engine.forks
         with self._lock:
             self._opened.append(connection)
         return connection
@@ -97,6 +115,7 @@ class PostgresReads:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._parsed = _Parsed(_postgres_time)
         self._sql = (
             f"SELECT {_COLUMNS} FROM durable_breaker_circuit WHERE namespace = %s AND key = %s"
         )
@@ -125,7 +144,7 @@ class PostgresReads:
             raise
         finally:
             pooled.close()
-        return None if row is None else _circuit(row, _postgres_time)
+        return None if row is None else self._parsed.circuit(row)
 
     def close(self) -> None:
         pass  # the engine's pool holds the connections

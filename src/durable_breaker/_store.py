@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, exists, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, exc, exists, insert, select, update
 from sqlalchemy.dialects import postgresql
 
 from ._config import CircuitBreakerConfig
@@ -98,12 +98,16 @@ class SqlStore:
 
     def load(self, key: str) -> Circuit:
         """The committed circuit of `key` (a new one if never stored), read without locking."""
-        circuit = with_retries(
-            self.engine,
-            "read a circuit",
-            self.timeout_s,
-            lambda: self._reads.load(self.namespace, key),
-        )
+        try:
+            circuit = self._reads.load(self.namespace, key)
+        except exc.SQLAlchemyError:
+            # Retried from here, so that the healthy path costs no retry set-up.
+            circuit = with_retries(
+                self.engine,
+                "read a circuit",
+                self.timeout_s,
+                lambda: self._reads.load(self.namespace, key),
+            )
         return NEW_CIRCUIT if circuit is None else circuit
 
     def close(self) -> None:

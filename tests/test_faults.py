@@ -74,7 +74,8 @@ def test_transient_errors_are_retried_and_counted_once(
     errors = _transient(db_url) * 2
     breaker, calls = inject(errors)
     breaker.record_failure("k")
-    assert calls["writes"] == len(errors) + 1  # each failed try was rolled back, then retried
+    # Each failed try (the optimistic one, then locked ones) was rolled back, then retried.
+    assert calls["writes"] == len(errors) + 1
     breaker.record_failure("k")
     assert breaker.state("k") is CircuitState.OPEN  # 2 failures, not 2 + the retries
     assert [t.consecutive_failures for t in breaker.history("k")] == [2]
@@ -86,7 +87,7 @@ def test_a_transient_error_that_persists_gives_up_clearly(
     breaker, calls = inject(_transient(db_url), forever=True)
     with pytest.raises(StoreUnavailableError, match=r"gave up after \d+ attempts") as raised:
         breaker.record_failure("k")
-    assert 2 <= calls["writes"] <= MAX_ATTEMPTS
+    assert 2 <= calls["writes"] <= 1 + MAX_ATTEMPTS  # the optimistic try, then the locked ones
     assert "could not update a circuit in " in str(raised.value)
     assert not raised.value.unreachable
 
@@ -149,27 +150,87 @@ def test_a_missing_database_is_a_setting_to_fix_not_an_outage(postgres_admin_url
     assert not isinstance(raised.value, StoreUnavailableError)
 
 
-@pytest.mark.postgres
-def test_a_connection_lost_during_commit_is_not_retried_and_says_the_outcome_is_unknown(
-    pg_url: str, postgres_admin_url: str
-) -> None:
-    breaker = CircuitBreaker(pg_url, CONFIG)
-    admin = sa.create_engine(postgres_admin_url.replace("postgresql://", "postgresql+psycopg://"))
-    commits = []
+def _is_write(statement: str) -> bool:
+    return statement.lstrip().upper().startswith(("INSERT", "UPDATE", "WITH"))
 
-    def kill_own_backend(connection: sa.Connection) -> None:
-        commits.append(connection)
-        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+
+@pytest.fixture
+def lost_connections(
+    pg_url: str, postgres_admin_url: str
+) -> Iterator[tuple[CircuitBreaker, list[str], Callable[[str, Any], None]]]:
+    """A breaker (on_store_error="raise") with one stored failure, a log of the connections
+    a test broke, and `listen(event, hook)` for hooks removed afterwards."""
+    breaker = CircuitBreaker(pg_url, CONFIG)
+    breaker.record_failure("k")
+    admin = sa.create_engine(postgres_admin_url.replace("postgresql://", "postgresql+psycopg://"))
+    broken: list[str] = []
+    hooks: list[tuple[str, Any]] = []
+
+    def listen(event: str, hook: Any) -> None:
+        sa.event.listen(breaker._store.engine, event, hook)
+        hooks.append((event, hook))
+
+    def terminate(connection: sa.Connection) -> None:
+        pid = connection.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
         with admin.begin() as other:
             other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
-    try:
-        sa.event.listen(breaker._store.engine, "commit", kill_own_backend)
-        with pytest.raises(StoreUnavailableError, match="may or may not have been stored"):
-            breaker.record_failure("k")
-        sa.event.remove(breaker._store.engine, "commit", kill_own_backend)
-        assert len(commits) == 1  # not retried: a retry could have counted it twice
-        assert breaker.status() == []  # here the server had not committed it
-    finally:
-        breaker.close()
-        admin.dispose()
+    listen.terminate = terminate  # type: ignore[attr-defined]
+    yield breaker, broken, listen
+    for event, hook in hooks:
+        sa.event.remove(breaker._store.engine, event, hook)
+    breaker.close()
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_a_write_whose_connection_died_before_it_ran_is_retried_once(
+    lost_connections: tuple[CircuitBreaker, list[str], Any],
+) -> None:
+    breaker, broken, listen = lost_connections
+
+    def before(connection: sa.Connection, _cursor: Any, statement: str, *_: Any) -> None:
+        if _is_write(statement) and not broken:
+            broken.append(statement)
+            listen.terminate(connection)
+
+    listen("before_cursor_execute", before)
+    breaker.record_failure("k")  # the version shows it was not applied: written under a lock
+    assert len(broken) == 1
+    assert breaker.state("k") is CircuitState.OPEN
+    assert [t.consecutive_failures for t in breaker.history("k")] == [2]  # applied once
+
+
+@pytest.mark.postgres
+def test_a_write_whose_connection_died_after_it_ran_is_not_applied_twice(
+    lost_connections: tuple[CircuitBreaker, list[str], Any],
+) -> None:
+    breaker, broken, listen = lost_connections
+
+    def after(_connection: sa.Connection, _cursor: Any, statement: str, *_: Any) -> None:
+        if _is_write(statement) and not broken:
+            broken.append(statement)  # applied (autocommit), but the answer never came back
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    listen("after_cursor_execute", after)
+    with pytest.raises(StoreUnavailableError, match="may or may not have been stored"):
+        breaker.record_failure("k")
+    assert len(broken) == 1
+    assert [t.consecutive_failures for t in breaker.history("k")] == [2]  # once, not twice
+
+
+@pytest.mark.postgres
+def test_a_transaction_whose_connection_died_at_commit_says_the_outcome_is_unknown(
+    lost_connections: tuple[CircuitBreaker, list[str], Any],
+) -> None:
+    breaker, broken, listen = lost_connections
+
+    def at_commit(connection: sa.Connection) -> None:
+        broken.append("COMMIT")
+        listen.terminate(connection)
+
+    listen("commit", at_commit)  # a reset is a locked transaction
+    with pytest.raises(StoreUnavailableError, match="may or may not have been stored"):
+        breaker.reset("k")
+    assert broken == ["COMMIT"]  # not retried
+    assert [s.consecutive_failures for s in breaker.status()] == [1]  # here: not applied

@@ -149,18 +149,37 @@ def test_is_available_spends_no_probe_and_writes_nothing(
 def test_a_failed_audit_insert_rolls_back_the_state_change(
     engine: sa.Engine, clock: FakeClock
 ) -> None:
-    def refuse_audit(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.startswith("INSERT INTO durable_breaker_transition"):
-            raise RuntimeError("disk full")
+    """The database itself refuses the audit row (a trigger): the trip must not stay."""
+    if engine.dialect.name == "sqlite":
+        refuse = [
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON durable_breaker_transition "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        ]
+        allow = ["DROP TRIGGER refuse_audit"]
+    else:
+        refuse = [
+            "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$",
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON durable_breaker_transition "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+        ]
+        allow = [
+            "DROP TRIGGER refuse_audit ON durable_breaker_transition",
+            "DROP FUNCTION refuse_audit()",
+        ]
 
     with CircuitBreaker(engine, TRIP_AT_2, clock=clock) as breaker:
         breaker.record_failure("k")
-        sa.event.listen(engine, "before_cursor_execute", refuse_audit)
+        with engine.begin() as connection:
+            for statement in refuse:
+                connection.exec_driver_sql(statement)
         try:
-            with pytest.raises(RuntimeError, match="disk full"):
+            with pytest.raises(StoreError, match="disk full"):
                 breaker.record_failure("k")  # would trip: state change plus audit row
         finally:
-            sa.event.remove(engine, "before_cursor_execute", refuse_audit)
+            with engine.begin() as connection:
+                for statement in allow:
+                    connection.exec_driver_sql(statement)
         assert breaker.state("k") is CircuitState.CLOSED
         assert [s.consecutive_failures for s in breaker.status()] == [1]
         assert breaker.history("k") == []
@@ -542,9 +561,13 @@ def test_writes_bound_their_lock_wait_and_migrations_do_not(pg_url: str) -> None
     engine = make_engine(pg_url)
     try:
         with recorded_statements(engine) as statements, CircuitBreaker(engine, TRIP_AT_2) as b:
-            b.record_failure("k")
+            b.record_failure("k")  # one autocommit statement: no transaction
+            b.reset("k")  # a locked transaction
         locks = [s for s in statements if "_timeout" in s or "advisory" in s]
-        bounded = "SET LOCAL lock_timeout = 5000; SET LOCAL statement_timeout = 5000"
+        bounded = (
+            "SET LOCAL lock_timeout = 5000; SET LOCAL statement_timeout = 5000; "
+            "SET LOCAL idle_in_transaction_session_timeout = 5000"
+        )
         assert locks == [
             bounded,  # every write transaction starts bounded...
             "SET LOCAL lock_timeout = 0",  # ...but the migration may wait for another's
@@ -566,6 +589,8 @@ def test_store_timeout_bounds_every_wait_on_postgresql(pg_url: str) -> None:
     with write_transaction(breaker._store.engine) as connection:
         show = "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
         assert connection.exec_driver_sql(show).one() == ("1500ms", "1500ms")
+        idle = connection.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar()
+        assert idle == "1500ms"
 
 
 def test_store_timeout_is_sqlites_busy_timeout(tmp_path: Any) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
+from typing import NamedTuple
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
@@ -27,7 +28,7 @@ from ._faults import translate_errors
 from ._machine import Decision, Trigger, decide, retry_after
 from ._migrations import ensure_schema
 from ._outage import OutageTracker
-from ._state import CircuitState, Transition
+from ._state import Circuit, CircuitState, Transition
 from ._store import SqlStore
 from ._tables import MAX_ACTOR_LENGTH, MAX_KEY_LENGTH, MAX_NAMESPACE_LENGTH
 from ._urls import safe_url
@@ -44,6 +45,17 @@ class KeyStatus:
     consecutive_failures: int
     since: datetime | None  # when it entered its state; None if it never changed state
     retry_after: float | None  # seconds until a call could be admitted; 0 if now; None if unknown
+
+
+class _Seen(NamedTuple):
+    """What one thread last read or wrote of one key through this breaker."""
+
+    key: str
+    circuit: Circuit
+    version: int | None  # of the row it came from; None: not stored
+    now: datetime  # when it was decided
+    epoch: int  # this breaker's write count then
+    checked: bool  # it was a `check`: a `record_success` may be decided against it
 
 
 def _storable(value: str) -> bool:
@@ -130,9 +142,9 @@ class CircuitBreaker:
             self._config, safe_url(engine), remember=self._config.on_store_error == "fallback"
         )
         self._closed = False
-        # The circuit this thread's last `check` read, for a clean `record_success` after it
-        # (see there), and a count of this breaker's writes that outdates it.
-        self._checked = threading.local()
+        # What this thread last read or wrote of a key (see `_Seen`), and a count of this
+        # breaker's writes from any thread, which outdates it for `record_success`.
+        self._seen_here = threading.local()
         self._writes = itertools.count(1)
         self._write_epoch = 0
 
@@ -183,14 +195,17 @@ class CircuitBreaker:
         else:
             epoch = self._write_epoch
             try:
-                # Optimistic read: most calls (a healthy key, a rejection) change nothing,
-                # and a decision drawn from committed state that writes nothing needs no lock.
-                decision = decide(store.load(key), trigger, self._now(), self._config)
+                decision, version = self._decide(store, key, trigger, peek)
                 writes = decision.needs_write and not peek
                 if writes:
-                    decision = store.fire(
-                        key, trigger, self._now, self._config, reason=reason, actor=self.actor
+                    actor = self.actor
+                    version = store.write(
+                        key, decision, version, trigger, self._config, reason=reason, actor=actor
                     )
+                    if version is None:  # another writer changed it: decide under its lock
+                        decision, version = store.fire(
+                            key, trigger, self._now, self._config, reason=reason, actor=actor
+                        )
                     self._write_epoch = epoch = next(self._writes)
             except StoreUnavailableError as raised:
                 self._outage.failed(raised)
@@ -199,12 +214,31 @@ class CircuitBreaker:
                 # What is stored now: a peek or a decision that wrote nothing changed nothing.
                 stored = decision.after if writes else decision.before
                 self._outage.answered(key, stored)
-                if trigger is Trigger.CHECK and not peek:
-                    self._checked.last = (key, epoch, stored, decision.now)
+                if not peek:
+                    checked = trigger is Trigger.CHECK
+                    self._seen_here.last = _Seen(key, stored, version, decision.now, epoch, checked)
                 return decision
         if self._config.on_store_error == "fallback":
             return self._outage.decide(key, trigger, self._now(), peek=peek)
         raise error
+
+    def _decide(
+        self, store: SqlStore, key: str, trigger: Trigger, peek: bool
+    ) -> tuple[Decision, int | None]:
+        """The decision and the version of the row it was drawn from.
+
+        A write may be decided on what this thread last read or wrote of the key, without
+        reading again: the write only lands if the row is still at that version. Anything
+        else reads the committed row first (optimistically: most calls change nothing, and
+        a decision that writes nothing needs no lock).
+        """
+        seen = getattr(self._seen_here, "last", None)
+        if seen is not None and seen.key == key and trigger is not Trigger.CHECK and not peek:
+            guess = decide(seen.circuit, trigger, self._now(), self._config)
+            if guess.needs_write:
+                return guess, seen.version
+        circuit, version = store.load(key)
+        return decide(circuit, trigger, self._now(), self._config), version
 
     def _unless_unavailable(self, error: StoreUnavailableError) -> None:
         """Drop a record_* the database cannot take, unless on_store_error is "raise"."""
@@ -236,14 +270,15 @@ class CircuitBreaker:
         between, the success is decided against the circuit that check read, at its time:
         when that changes nothing (a healthy key), no statement runs at all.
         """
-        checked = getattr(self._checked, "last", None)
-        self._checked.last = None
+        seen = getattr(self._seen_here, "last", None)
         if (
-            checked is not None
-            and checked[0] == key
-            and checked[1] == self._write_epoch
-            and not decide(checked[2], Trigger.SUCCESS, checked[3], self._config).needs_write
+            seen is not None
+            and seen.checked
+            and seen.key == key
+            and seen.epoch == self._write_epoch
+            and not decide(seen.circuit, Trigger.SUCCESS, seen.now, self._config).needs_write
         ):
+            self._seen_here.last = seen._replace(checked=False)  # one success per check
             return
         try:
             self._fire(key, Trigger.SUCCESS)
@@ -267,7 +302,7 @@ class CircuitBreaker:
         """Force a stored key's circuit closed; return the audited transition."""
         _check_reason(reason)
         reason, actor = reason or "manual reset", self.actor
-        decision = self._open_store(key).fire(
+        decision, _ = self._open_store(key).fire(
             key,
             Trigger.RESET,
             self._now,
@@ -277,6 +312,7 @@ class CircuitBreaker:
             must_exist=True,
         )
         self._outage.answered(key, decision.after)
+        self._write_epoch = next(self._writes)
         return Transition(
             key=key,
             from_state=decision.before.state,
@@ -302,7 +338,8 @@ class CircuitBreaker:
 
         An Open key whose cooldown has passed stays OPEN here until a `check` moves it.
         """
-        return self._open_store(key).load(key).state
+        circuit, _ = self._open_store(key).load(key)
+        return circuit.state
 
     def history(self, key: str, limit: int | None = None) -> list[Transition]:
         """The last `limit` transitions of `key` (all by default), oldest first."""

@@ -23,6 +23,7 @@ DEFAULT_URL = "sqlite:///durable_breaker.db"
 DEFAULT_TIMEOUT_S = 5.0  # CircuitBreakerConfig.store_timeout's default
 # The watchdog only acts once the server's own timeouts had their chance to answer.
 STALL_MARGIN_S = 1.0
+_BOUNDED_WAITS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
 _IMMEDIATE = "durable_breaker_immediate"
 _log = logging.getLogger("durable_breaker")
 
@@ -81,9 +82,14 @@ def make_engine(url: str | URL, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
     else:
+        # A stalled process must not hold a row lock for ever: bound its waits and its idling.
         bounds = [
             f"SET LOCAL {setting} = {timeout_ms}"
-            for setting in ("lock_timeout", "statement_timeout")
+            for setting in (
+                "lock_timeout",
+                "statement_timeout",
+                "idle_in_transaction_session_timeout",
+            )
             if setting not in options
         ]
         if bounds:

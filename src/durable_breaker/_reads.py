@@ -19,7 +19,10 @@ from sqlalchemy import Engine, exc
 from . import _engine
 from ._state import Circuit, CircuitState
 
-_COLUMNS = "state, consecutive_failures, half_open_probes, last_failure_at, half_open_since"
+_COLUMNS = (
+    "state, consecutive_failures, half_open_probes, last_failure_at, half_open_since, version"
+)
+Versioned = tuple[Circuit, int]  # a stored circuit and the version its row is at
 _STATES = {state.value: state for state in CircuitState}
 
 
@@ -30,12 +33,12 @@ class _Parsed:
     def __init__(self, parse_time: Any, size: int = 4096) -> None:
         self._parse_time = parse_time
         self._size = size
-        self._circuits: dict[tuple[Any, ...], Circuit] = {}
+        self._circuits: dict[tuple[Any, ...], Versioned] = {}
 
-    def circuit(self, row: tuple[Any, ...]) -> Circuit:
-        circuit = self._circuits.get(row)
-        if circuit is None:
-            state, failures, probes, last_failure_at, half_open_since = row
+    def circuit(self, row: tuple[Any, ...]) -> Versioned:
+        stored = self._circuits.get(row)
+        if stored is None:
+            state, failures, probes, last_failure_at, half_open_since, version = row
             parse = self._parse_time
             circuit = Circuit(
                 _STATES[state],
@@ -46,8 +49,8 @@ class _Parsed:
             )
             if len(self._circuits) >= self._size:
                 self._circuits.clear()  # bounded; refills with what is read now
-            self._circuits[row] = circuit
-        return circuit
+            stored = self._circuits[row] = (circuit, version)
+        return stored
 
 
 def _sqlite_time(text: str) -> datetime:
@@ -80,7 +83,7 @@ class SqliteReads:
         self._opened: list[sqlite3.Connection] = []
         self._parsed = _Parsed(_sqlite_time)
 
-    def load(self, namespace: str, key: str) -> Circuit | None:
+    def load(self, namespace: str, key: str) -> Versioned | None:
         local = self._local
         cursor = getattr(local, "cursor", None)
         if cursor is None or local.forks != _engine.forks:  # a new thread, or a forked child
@@ -120,7 +123,7 @@ class PostgresReads:
             f"SELECT {_COLUMNS} FROM durable_breaker_circuit WHERE namespace = %s AND key = %s"
         )
 
-    def load(self, namespace: str, key: str) -> Circuit | None:
+    def load(self, namespace: str, key: str) -> Versioned | None:
         try:
             pooled = self._engine.raw_connection()
         except self._engine.dialect.loaded_dbapi.Error as error:

@@ -12,12 +12,13 @@ from sqlalchemy.dialects import postgresql
 
 from ._config import CircuitBreakerConfig
 from ._engine import write_transaction
-from ._errors import UnknownKeyError
-from ._faults import with_retries
+from ._errors import StoreUnavailableError, UnknownKeyError
+from ._faults import Fault, classify, translate_errors, with_retries
 from ._machine import Decision, Trigger, decide, describe
 from ._reads import PostgresReads, SqliteReads
 from ._state import NEW_CIRCUIT, Circuit, CircuitState, Transition
 from ._tables import circuits, transitions
+from ._urls import safe_url
 
 _CIRCUIT_COLUMNS = (
     circuits.c.state,
@@ -50,6 +51,61 @@ def _transition(row: Any) -> Transition:
         reason=row.reason,
         actor=row.actor,
     )
+
+
+_STORED = (
+    "state",
+    "consecutive_failures",
+    "half_open_probes",
+    "last_failure_at",
+    "half_open_since",
+    "updated_at",
+)
+_AUDITED = (
+    "namespace",
+    "key",
+    "from_state",
+    "to_state",
+    "trigger",
+    "at",
+    "consecutive_failures",
+    "reason",
+    "actor",
+)
+
+
+def _optimistic_statements() -> tuple[Any, dict[tuple[bool, bool], Any]]:
+    """The statements of `SqlStore.write`, built once, with `new_*`, `audit_*`, `ns`, `k` and
+    `v` parameters: an UPDATE of an unchanged row (both backends) and, for PostgreSQL, each
+    of (insert or update, audited or not) as one statement."""
+    new = {name: bindparam(f"new_{name}", type_=circuits.c[name].type) for name in _STORED}
+    update_if_unchanged = (
+        update(circuits)
+        .where(
+            circuits.c.namespace == bindparam("ns"),
+            circuits.c.key == bindparam("k"),
+            circuits.c.version == bindparam("v"),
+        )
+        .values(**new, version=circuits.c.version + 1)
+    )
+    insert_if_absent = (
+        postgresql.insert(circuits)
+        .values(**new, namespace=bindparam("ns"), key=bindparam("k"), version=1)
+        .on_conflict_do_nothing()
+    )
+    audit_row = select(
+        *(bindparam(f"audit_{name}", type_=transitions.c[name].type) for name in _AUDITED)
+    )
+    statements = {}
+    for inserts, change in ((False, update_if_unchanged), (True, insert_if_absent)):
+        changed = change.returning(circuits.c.version)
+        statements[inserts, False] = changed
+        statements[inserts, True] = (
+            insert(transitions)
+            .from_select(_AUDITED, audit_row.select_from(changed.cte("changed")))
+            .returning(transitions.c.id)
+        )
+    return update_if_unchanged, statements
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,29 +142,84 @@ class SqlStore:
         )
         # Built once: building a statement per call costs more than the read itself.
         self._select_for_update = (
-            select(*_CIRCUIT_COLUMNS)
+            select(*_CIRCUIT_COLUMNS, circuits.c.version)
             .where(self._where_ns, circuits.c.key == bindparam("key"))
             .with_for_update()
         )
+        self._update_if_unchanged, self._optimistic = _optimistic_statements()
         self._reads: SqliteReads | PostgresReads = (
             SqliteReads(engine, timeout_s)
             if engine.dialect.name == "sqlite"
             else PostgresReads(engine)
         )
 
-    def load(self, key: str) -> Circuit:
-        """The committed circuit of `key` (a new one if never stored), read without locking."""
+    def load(self, key: str) -> tuple[Circuit, int | None]:
+        """The committed circuit of `key` and its row's version (a new circuit and None if
+        never stored), read without locking."""
         try:
-            circuit = self._reads.load(self.namespace, key)
+            stored = self._reads.load(self.namespace, key)
         except exc.SQLAlchemyError:
             # Retried from here, so that the healthy path costs no retry set-up.
-            circuit = with_retries(
+            stored = with_retries(
                 self.engine,
                 "read a circuit",
                 self.timeout_s,
                 lambda: self._reads.load(self.namespace, key),
             )
-        return NEW_CIRCUIT if circuit is None else circuit
+        return (NEW_CIRCUIT, None) if stored is None else stored
+
+    def write(
+        self,
+        key: str,
+        decision: Decision,
+        version: int | None,
+        trigger: Trigger,
+        config: CircuitBreakerConfig,
+        *,
+        reason: str | None,
+        actor: str,
+    ) -> int | None:
+        """Store `decision`, and its audit row, only if `key`'s row is still at `version`
+        (None: still absent); return the row's new version, or None if another writer got
+        there first (then `fire` decides again under a lock).
+
+        Optimistic: no lock is held while deciding, and on PostgreSQL the change and its
+        audit row are one statement, so an uncontended write costs one round trip.
+        """
+        values = self._values(decision.after, decision.now)
+        audit = self._audit(key, trigger, decision, reason, actor, config)
+        params = {
+            **{f"new_{name}": value for name, value in values.items()},
+            **{f"audit_{name}": value for name, value in (audit or {}).items()},
+            "ns": self.namespace,
+            "k": key,
+            "v": version,
+        }
+        try:
+            if self.engine.dialect.name == "postgresql":
+                return self._write_postgres(params, version, audited=audit is not None)
+            return self._write_sqlite(params, version, audit)
+        except exc.SQLAlchemyError as error:
+            fault = classify(error)
+            lost = fault is Fault.UNREACHABLE or (
+                isinstance(error, exc.DBAPIError) and error.connection_invalidated
+            )
+            if lost and self.engine.dialect.name == "postgresql":
+                # An autocommit statement may have been applied before the connection broke;
+                # then trying again would apply it twice. Only when the server says it ended
+                # the session (a restart, an administrator) is no statement of ours left
+                # running, so that the row's version tells whether it was applied.
+                ended = str(getattr(getattr(error, "orig", None), "sqlstate", "")).startswith("57P")
+                if ended and self.load(key)[1] == version:
+                    return None  # not applied: `fire` goes on under a lock
+                raise StoreUnavailableError(
+                    f"lost the connection to {safe_url(self.engine)} while writing; the "
+                    "change may or may not have been stored"
+                ) from error
+            if fault is Fault.TRANSIENT:
+                return None  # `fire` tries again, under a lock, with retries
+            with translate_errors(self.engine, "update a circuit"):
+                raise
 
     def close(self) -> None:
         """Close the connections the hot-path reads opened themselves."""
@@ -124,8 +235,9 @@ class SqlStore:
         reason: str | None,
         actor: str,
         must_exist: bool = False,
-    ) -> Decision:
-        """Read, decide and write `key` atomically, with its audit row in the same transaction.
+    ) -> tuple[Decision, int | None]:
+        """Read, decide and write `key` atomically, with its audit row in the same transaction;
+        return the decision and the row's version after it.
 
         The time is read once the row is locked, so a call that waited for the lock never
         writes a time older than the one it waited behind. A transient fault (a busy SQLite
@@ -133,7 +245,7 @@ class SqlStore:
         transaction.
         """
 
-        def transaction() -> Decision:
+        def transaction() -> tuple[Decision, int | None]:
             with write_transaction(self.engine) as connection:
                 while True:
                     row = connection.execute(self._select_for_update, {"key": key}).first()
@@ -146,31 +258,73 @@ class SqlStore:
                         NEW_CIRCUIT if row is None else _circuit(row), trigger, now, config
                     )
                     if not decision.needs_write:
-                        return decision
+                        return decision, None if row is None else row.version
                     if row is not None:
                         self._update(connection, key, decision.after, now)
+                        version = row.version + 1
                         break
                     if self._insert(connection, key, decision.after, now):
+                        version = 1
                         break
                     # Another process stored this key first: read it again, under its lock.
-                if decision.audited:
-                    connection.execute(
-                        insert(transitions),
-                        {
-                            "namespace": self.namespace,
-                            "key": key,
-                            "from_state": decision.before.state.value,
-                            "to_state": decision.after.state.value,
-                            "trigger": trigger.value,
-                            "at": now,
-                            "consecutive_failures": decision.after.consecutive_failures,
-                            "reason": reason or describe(decision, config),
-                            "actor": actor,
-                        },
-                    )
-                return decision
+                audit = self._audit(key, trigger, decision, reason, actor, config)
+                if audit is not None:
+                    connection.execute(insert(transitions), audit)
+                return decision, version
 
         return with_retries(self.engine, "update a circuit", self.timeout_s, transaction)
+
+    def _audit(
+        self,
+        key: str,
+        trigger: Trigger,
+        decision: Decision,
+        reason: str | None,
+        actor: str,
+        config: CircuitBreakerConfig,
+    ) -> dict[str, object] | None:
+        """The audit row of `decision`, or None when it is not audited."""
+        if not decision.audited:
+            return None
+        return {
+            "namespace": self.namespace,
+            "key": key,
+            "from_state": decision.before.state.value,
+            "to_state": decision.after.state.value,
+            "trigger": trigger.value,
+            "at": decision.now,
+            "consecutive_failures": decision.after.consecutive_failures,
+            "reason": reason or describe(decision, config),
+            "actor": actor,
+        }
+
+    def _write_postgres(
+        self, params: dict[str, object], version: int | None, audited: bool
+    ) -> int | None:
+        statement = self._optimistic[version is None, audited]
+        with self._reader.connect() as connection:  # autocommit: one statement, one round trip
+            written = connection.execute(statement, params).first() is not None
+        return (1 if version is None else version + 1) if written else None
+
+    def _write_sqlite(
+        self, params: dict[str, object], version: int | None, audit: dict[str, object] | None
+    ) -> int | None:
+        with write_transaction(self.engine) as connection:
+            if version is None:
+                # BEGIN IMMEDIATE holds the write lock: absent now means absent until commit.
+                if connection.execute(self._select_for_update, {"key": params["k"]}).first():
+                    return None
+                connection.execute(self._insert_circuit, self._sqlite_row(params, 1))
+            elif connection.execute(self._update_if_unchanged, params).rowcount != 1:
+                return None  # changed by another writer since it was read: nothing written
+            if audit is not None:
+                connection.execute(insert(transitions), audit)
+        return 1 if version is None else version + 1
+
+    @staticmethod
+    def _sqlite_row(params: dict[str, object], version: int) -> dict[str, object]:
+        row = {name[4:]: value for name, value in params.items() if name.startswith("new_")}
+        return {**row, "namespace": params["ns"], "key": params["k"], "version": version}
 
     def _insert(self, connection: Connection, key: str, circuit: Circuit, now: datetime) -> bool:
         values = {**self._values(circuit, now), "namespace": self.namespace, "key": key}

@@ -216,10 +216,11 @@ CHURN = CircuitBreakerConfig(failure_threshold=2, cooldown=timedelta(0), half_op
 
 
 def _child(url: str, ready_fd: int, seed: int) -> None:
-    """Hammer the keys until killed; write one byte once the first operation has committed."""
+    """Hammer the keys until killed; write one byte once the first calls have committed
+    (enough that one of them changed state, so every round's kill lands among changes)."""
     rng = random.Random(seed)
     breaker = CircuitBreaker(url, CHURN)
-    told = False
+    calls = 0
     while True:
         key = rng.choice(CRASH_KEYS)
         try:
@@ -230,9 +231,9 @@ def _child(url: str, ready_fd: int, seed: int) -> None:
             breaker.record_failure(key, reason="crash test")
         else:
             breaker.record_success(key)
-        if not told:
+        calls += 1
+        if calls == 8:
             os.write(ready_fd, b"!")
-            told = True
 
 
 def fork_and_kill(url: str, seed: int, delay_s: float) -> None:

@@ -101,14 +101,14 @@ def newer_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
     shutil.copytree(
         migrations.script_location(), folder, ignore=shutil.ignore_patterns("__pycache__")
     )
-    (folder / "versions" / "0002_test_extra.py").write_text(
-        'revision = "0002_test_extra"\ndown_revision = "0001_initial"\n'
+    (folder / "versions" / "9000_test_extra.py").write_text(
+        f'revision = "9000_test_extra"\ndown_revision = "{migrations.head()}"\n'
         "branch_labels = None\ndepends_on = None\n\n\n"
         "def upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n"
     )
     monkeypatch.setattr(migrations, "script_location", lambda: folder)
     migrations._scripts.cache_clear()
-    yield "0002_test_extra"
+    yield "9000_test_extra"
     migrations._scripts.cache_clear()
 
 
@@ -116,7 +116,7 @@ def test_an_older_schema_is_refused_until_migrated(
     db_url: str, engine: sa.Engine, newer_library: str
 ) -> None:
     with engine.begin() as connection:
-        command.upgrade(migrations.alembic_config(connection), "0001_initial")
+        command.upgrade(migrations.alembic_config(connection), "0002_change_notifications")
     with pytest.raises(SchemaError, match=r"older than .*durable-breaker --url URL migrate"):
         CircuitBreaker(db_url)
     with CircuitBreaker(db_url, migrate=True):

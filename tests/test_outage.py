@@ -253,11 +253,11 @@ def test_an_sqlite_file_locked_by_another_process(
 
 
 @pytest.mark.postgres
-def test_fallback_remembers_at_most_fallback_keys_least_recently_used_first(
+def test_fallback_remembers_at_most_cached_keys_least_recently_used_first(
     proxy: tuple[TcpProxy, str], clock: FakeClock
 ) -> None:
     tcp_proxy, url = proxy
-    config = replace(_config("fallback"), fallback_keys=2)
+    config = replace(_config("fallback"), cached_keys=2)
     with CircuitBreaker(url, config, clock=clock) as breaker:
         _trip(breaker, "a")
         _trip(breaker, "b")

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
+from ._cache import ReadCache
 from ._config import CircuitBreakerConfig
 from ._engine import DEFAULT_URL, make_engine, prepare_engine, settle_journal_mode
 from ._errors import (
@@ -103,12 +104,15 @@ class CircuitBreaker:
         namespace: str = "default",
         migrate: bool | None = None,
         actor: str | None = None,
+        cache: bool = False,
     ) -> None:
         """Open (and on first use create) the breaker's tables.
 
         `url` is a database URL or an Engine (which the caller keeps and disposes).
         `migrate`: None creates an empty schema but refuses an outdated one; True
         also upgrades an outdated schema; False never changes the schema.
+        `cache` (PostgreSQL): answer `check` on Closed keys, and on Open keys before their
+        cooldown ends, from memory, kept current by the database's change notifications.
         """
         self._config = config if config is not None else CircuitBreakerConfig()
         if not isinstance(self._config, CircuitBreakerConfig):
@@ -138,6 +142,14 @@ class CircuitBreaker:
                 engine.dispose()
             raise
         self._store = SqlStore(engine, self._namespace, timeout_s)
+        if cache and engine.dialect.name != "postgresql":
+            if self._owns_engine:
+                engine.dispose()
+            raise InvalidArgumentError(
+                "cache=True needs PostgreSQL (it listens for change notifications); "
+                "SQLite reads are already local"
+            )
+        self._cache = ReadCache(engine, self._namespace, self._config) if cache else None
         self._outage = OutageTracker(
             self._config, safe_url(engine), remember=self._config.on_store_error == "fallback"
         )
@@ -194,6 +206,8 @@ class CircuitBreaker:
             error = self._outage.unavailable()
         else:
             epoch = self._write_epoch
+            cache = self._cache
+            seen_changes = 0 if cache is None else cache.changes
             try:
                 decision, version = self._decide(store, key, trigger, peek)
                 writes = decision.needs_write and not peek
@@ -217,6 +231,8 @@ class CircuitBreaker:
                 if not peek:
                     checked = trigger is Trigger.CHECK
                     self._seen_here.last = _Seen(key, stored, version, decision.now, epoch, checked)
+                    if checked and not writes and cache is not None:
+                        cache.fill(key, stored, version, decision, seen_changes)
                 return decision
         if self._config.on_store_error == "fallback":
             return self._outage.decide(key, trigger, self._now(), peek=peek)
@@ -232,11 +248,17 @@ class CircuitBreaker:
         else reads the committed row first (optimistically: most calls change nothing, and
         a decision that writes nothing needs no lock).
         """
-        seen = getattr(self._seen_here, "last", None)
-        if seen is not None and seen.key == key and trigger is not Trigger.CHECK and not peek:
-            guess = decide(seen.circuit, trigger, self._now(), self._config)
-            if guess.needs_write:
-                return guess, seen.version
+        if trigger is not Trigger.CHECK and not peek:
+            seen = getattr(self._seen_here, "last", None)
+            if seen is not None and seen.key == key:
+                base: tuple[Circuit, int | None] | None = (seen.circuit, seen.version)
+            else:
+                answer = None if self._cache is None else self._cache.get(key)
+                base = None if answer is None else (answer.circuit, answer.version)
+            if base is not None:
+                guess = decide(base[0], trigger, self._now(), self._config)
+                if guess.needs_write:
+                    return guess, base[1]
         circuit, version = store.load(key)
         return decide(circuit, trigger, self._now(), self._config), version
 
@@ -250,6 +272,13 @@ class CircuitBreaker:
 
         While the database is unavailable, `config.on_store_error` decides (see there).
         """
+        answer = None if self._cache is None or type(key) is not str else self._cache.get(key)
+        if answer is not None and not self._closed:
+            now = self._clock()
+            if now < answer.until:  # a clock reading that is no number falls through
+                if answer.admit:
+                    return
+                raise CircuitOpenError(key, answer.circuit.state, answer.until - now)
         try:
             decision = self._fire(key, Trigger.CHECK)
         except StoreUnavailableError as error:
@@ -270,6 +299,9 @@ class CircuitBreaker:
         between, the success is decided against the circuit that check read, at its time:
         when that changes nothing (a healthy key), no statement runs at all.
         """
+        answer = None if self._cache is None or type(key) is not str else self._cache.get(key)
+        if answer is not None and answer.quiet_success and not self._closed:
+            return  # cached as Closed and clean: any change since would have dropped it
         seen = getattr(self._seen_here, "last", None)
         if (
             seen is not None
@@ -388,6 +420,8 @@ class CircuitBreaker:
     def close(self) -> None:
         """Release the database connections (an Engine passed in is left to its owner)."""
         if not self._closed:
+            if self._cache is not None:
+                self._cache.close()
             self._store.close()
             if self._owns_engine:
                 self._store.engine.dispose()

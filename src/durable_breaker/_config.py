@@ -24,8 +24,8 @@ class CircuitBreakerConfig:
     unreachable: ``"fallback"`` decides in process from the last state this process saw,
     ``"allow"`` admits every call, ``"deny"`` rejects every call, ``"raise"`` raises
     ``StoreUnavailableError``. ``store_timeout`` bounds every wait for the database
-    (connecting, a lock, a statement, retries); ``fallback_keys`` bounds how many keys'
-    last-seen states a process keeps for ``"fallback"``.
+    (connecting, a lock, a statement, retries); ``cached_keys`` bounds how many keys'
+    states a process keeps in memory (for ``"fallback"`` and the read cache).
     """
 
     failure_threshold: int = 5
@@ -34,10 +34,10 @@ class CircuitBreakerConfig:
     probe_timeout: timedelta | None = timedelta(seconds=30)
     on_store_error: StoreErrorMode = "fallback"
     store_timeout: timedelta = timedelta(seconds=5)
-    fallback_keys: int = 10_000
+    cached_keys: int = 10_000
 
     def __post_init__(self) -> None:
-        for name in ("failure_threshold", "half_open_max", "fallback_keys"):
+        for name in ("failure_threshold", "half_open_max", "cached_keys"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}")

@@ -22,7 +22,7 @@ class OutageTracker:
     """One breaker's view of its database's health, and the circuits it last saw there.
 
     The circuits are kept only when `remember` is set (on_store_error="fallback"), at most
-    `config.fallback_keys` of them, least recently used dropped first.
+    `config.cached_keys` of them, least recently used dropped first.
     """
 
     def __init__(self, config: CircuitBreakerConfig, database: str, *, remember: bool) -> None:
@@ -101,5 +101,5 @@ class OutageTracker:
     def _keep(self, key: str, circuit: Circuit) -> None:
         self._seen[key] = circuit
         self._seen.move_to_end(key)
-        if len(self._seen) > self._config.fallback_keys:
+        if len(self._seen) > self._config.cached_keys:
             self._seen.popitem(last=False)

@@ -1,0 +1,146 @@
+"""The opt-in read cache on PostgreSQL: what it answers, what it never answers, and how it
+learns of changes made elsewhere."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from durable_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+    InvalidArgumentError,
+)
+
+from .conftest import FakeClock
+
+pytestmark = pytest.mark.postgres
+CONFIG = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=30))
+
+
+def eventually(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture
+def cached(
+    pg_url: str, clock: FakeClock
+) -> Iterator[tuple[CircuitBreaker, CircuitBreaker, list[str]]]:
+    """A breaker with the cache on (and listening), another without, and a log of the reads
+    and writes the cached one made."""
+    other = CircuitBreaker(pg_url, CONFIG, clock=clock)
+    breaker = CircuitBreaker(pg_url, CONFIG, clock=clock, cache=True)
+    assert breaker._cache is not None
+    assert eventually(lambda: breaker._cache is not None and breaker._cache.on)
+    operations: list[str] = []
+    load = breaker._store._reads.load
+
+    def counted(namespace: str, key: str) -> Any:
+        operations.append("READ")
+        return load(namespace, key)
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        operations.append(statement.split()[0].upper())
+
+    breaker._store._reads.load = counted  # type: ignore[method-assign]
+    sa.event.listen(breaker._store.engine, "before_cursor_execute", record)
+    yield breaker, other, operations
+    breaker.close()
+    other.close()
+
+
+def test_closed_and_open_keys_are_answered_without_the_database(
+    cached: tuple[CircuitBreaker, CircuitBreaker, list[str]], clock: FakeClock
+) -> None:
+    breaker, other, operations = cached
+    cache = breaker._cache
+    assert cache is not None
+    heard = cache.changes
+    other.record_failure("tripped")
+    assert eventually(lambda: cache.changes > heard)  # its notification has arrived
+    for key in ("healthy", "tripped"):
+        for _ in range(2):  # the first reads and fills, the second is answered from memory
+            try:
+                breaker.check(key)
+            except CircuitOpenError as error:
+                assert (error.state, error.retry_after) == (CircuitState.OPEN, 30)
+    assert operations == ["READ", "READ"]
+    breaker.check("healthy")
+    breaker.record_success("healthy")  # cached as clean: nothing to write
+    clock.advance(10)
+    with pytest.raises(CircuitOpenError) as rejected:
+        breaker.check("tripped")
+    assert rejected.value.retry_after == 20
+    assert operations == ["READ", "READ"]
+
+
+def test_a_change_made_elsewhere_reaches_the_cache(
+    cached: tuple[CircuitBreaker, CircuitBreaker, list[str]],
+) -> None:
+    breaker, other, _ = cached
+    breaker.check("gpt-4o")  # cached: admit
+    other.record_failure("gpt-4o")  # another process trips it
+
+    def rejected() -> bool:
+        try:
+            breaker.check("gpt-4o")
+        except CircuitOpenError:
+            return True
+        return False
+
+    assert eventually(rejected, seconds=5)
+
+
+def test_the_cache_never_admits_a_probe(
+    cached: tuple[CircuitBreaker, CircuitBreaker, list[str]], clock: FakeClock
+) -> None:
+    breaker, other, operations = cached
+    other.record_failure("gpt-4o")
+    with pytest.raises(CircuitOpenError):
+        breaker.check("gpt-4o")  # may be cached: reject until the cooldown ends
+    clock.advance(30)
+    breaker.check("gpt-4o")  # past the cooldown: the probe is admitted by the database
+    assert "UPDATE" in operations or "WITH" in operations
+    assert other.state("gpt-4o") is CircuitState.HALF_OPEN
+    with pytest.raises(CircuitOpenError):
+        other.check("gpt-4o")  # the only probe is taken: the database knows
+
+
+def test_a_lost_listener_turns_the_cache_off_until_it_listens_again(
+    cached: tuple[CircuitBreaker, CircuitBreaker, list[str]], postgres_admin_url: str
+) -> None:
+    breaker, _, operations = cached
+    cache = breaker._cache
+    assert cache is not None
+    breaker.check("gpt-4o")
+    admin = sa.create_engine(postgres_admin_url.replace("postgresql://", "postgresql+psycopg://"))
+    with admin.begin() as connection:
+        connection.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'durable-breaker cache'"
+            )
+        )
+    admin.dispose()
+    assert eventually(lambda: not cache.on, seconds=5)
+    operations.clear()
+    breaker.check("gpt-4o")
+    assert operations == ["READ"]  # off: the database answers, nothing is kept
+    assert eventually(lambda: cache.on, seconds=10)  # listening again, empty
+
+
+def test_the_cache_needs_postgresql(tmp_path: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match="cache=True needs PostgreSQL"):
+        CircuitBreaker(f"sqlite:///{tmp_path / 'b.db'}", cache=True)

@@ -221,6 +221,17 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
     flapping.record_failure("probe")
     mem, mem_open = pybreaker_memory(False), pybreaker_memory(True)
     peers: Case = {"pybreaker (memory)": lambda: mem.call(lambda: None)}
+    ours_cases: Case = {}
+    cached = None
+    if name == "PostgreSQL":
+        cached = CircuitBreaker(url, HEALTHY, cache=True)
+        wait_until(lambda: cached is not None and cached._cache is not None and cached._cache.on)
+
+        def guarded_cached() -> None:
+            cached.check("healthy")
+            cached.record_success("healthy")
+
+        ours_cases["durable-breaker (cache)"] = guarded_cached
     open_peers: Case = {"pybreaker (memory)": rejected(lambda: mem_open.call(lambda: None))}
     if redis is not None:
         red, red_open = pybreaker_redis(redis, False), pybreaker_redis(redis, True)
@@ -245,7 +256,12 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
     RESULTS.setdefault("targets", {})[name] = targets = {}
     m = run_case(
         f"{name} 1. guarded call on a healthy key",
-        {"durable-breaker": guarded, **peers, "raw driver read": backend.raw_read("healthy")},
+        {
+            "durable-breaker": guarded,
+            **ours_cases,
+            **peers,
+            "raw driver read": backend.raw_read("healthy"),
+        },
         repeat,
         calls,
         ("pybreaker (memory)", "pybreaker (Redis)", "raw driver read"),
@@ -254,6 +270,11 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
     targets["guarded / raw read"] = m["durable-breaker"] / m["raw driver read"]
     if "pybreaker (Redis)" in m:
         targets["pybreaker Redis / guarded"] = m["pybreaker (Redis)"] / m["durable-breaker"]
+    if "durable-breaker (cache)" in m:
+        cache_us = m["durable-breaker (cache)"]
+        targets["cached / pybreaker memory"] = cache_us / m["pybreaker (memory)"]
+        if "pybreaker (Redis)" in m:
+            targets["pybreaker Redis / cached"] = m["pybreaker (Redis)"] / cache_us
     run_case(
         f"{name} 2. rejected call on an Open key",
         {
@@ -297,10 +318,60 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
         write_calls,
         ("raw driver, same statements",),
     )
-    for breaker in (ours, tripped, flapping):
+    for breaker in (ours, tripped, flapping, *([cached] if cached else [])):
         breaker.close()
+    if name == "PostgreSQL":
+        invalidation_latency(url)
     scale(backend, repeat, calls)
     contention(backend)
+
+
+# --- the read cache's staleness ------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the read cache did not start listening")
+        time.sleep(0.01)
+
+
+def _change_keys(url: str, namespace: str, count: int, results: Any) -> None:
+    """In another process: trip `count` keys, one every few ms; report when each committed."""
+    config = CircuitBreakerConfig(failure_threshold=1)
+    with CircuitBreaker(url, config, namespace=namespace) as writer:
+        for i in range(count):
+            writer.record_failure(f"key-{i}")
+            results.put((f"key-{i}", time.monotonic()))  # system-wide clock on Linux
+            time.sleep(0.005)
+    results.put(None)
+
+
+def invalidation_latency(url: str, count: int = 300) -> None:
+    """From another process's commit to this process's cache dropping the key."""
+    namespace = f"latency-{uuid.uuid4().hex[:6]}"
+    dropped: dict[str, float] = {}
+    with CircuitBreaker(url, HEALTHY, namespace=namespace, cache=True) as reader:
+        cache = reader._cache
+        assert cache is not None
+        cache.on_drop = lambda key: dropped.setdefault(key, time.monotonic())
+        wait_until(lambda: cache.on)
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        writer = context.Process(target=_change_keys, args=(url, namespace, count, results))
+        writer.start()
+        committed = dict(iter(results.get, None))
+        writer.join()
+        wait_until(lambda: len(dropped) >= len(committed), seconds=5)
+    latencies = sorted((dropped[key] - at) * 1e3 for key, at in committed.items())
+    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+    print(
+        f"\nPostgreSQL read cache: a change committed by another process is dropped here "
+        f"after p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {latencies[-1]:.2f} ms "
+        f"({len(latencies)} changes)"
+    )
+    RESULTS["cache_invalidation_ms"] = {"p50": p50, "p99": p99, "max": latencies[-1]}
 
 
 # --- 6. scale ----------------------------------------------------------------------------
@@ -347,13 +418,24 @@ def scale(backend: Backend, repeat: int, calls: int) -> None:
 
         return call
 
+    def raw(namespace: str, count: int) -> Callable[[], object]:
+        rng = random.Random(count)
+        return lambda: backend.execute(
+            backend.read_sql, (namespace, f"model-{rng.randrange(count)}")
+        ).fetchone()
+
     before = rss_mib()
     m = run_case(
         f"{name} 6. scale: guarded call on a random key",
-        {"10 keys": guarded(10), "100,000 keys": guarded(100_000)},
+        {
+            "10 keys": guarded(10),
+            "100,000 keys": guarded(100_000),
+            "raw read, 10 keys": raw(small, 10),
+            "raw read, 100,000 keys": raw(large, 100_000),
+        },
         repeat,
         calls,
-        ("10 keys",),
+        ("10 keys", "raw read, 10 keys"),
     )
     for key_index in range(100_000):  # touch every key once
         breakers[100_000].check(f"model-{key_index}")
@@ -364,6 +446,9 @@ def scale(backend: Backend, repeat: int, calls: int) -> None:
         f"{grown:.1f} MiB while every one of 100,000 keys was checked"
     )
     RESULTS["targets"][name]["100k keys / 10 keys"] = m["100,000 keys"] / m["10 keys"]
+    RESULTS["targets"][name]["raw read: 100k / 10 keys"] = (
+        m["raw read, 100,000 keys"] / m["raw read, 10 keys"]
+    )
     RESULTS.setdefault("scale", {})[name] = {
         "startup_ms": startups,
         "rss_growth_mib_after_100k_keys": grown,

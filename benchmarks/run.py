@@ -342,8 +342,9 @@ def _change_keys(url: str, namespace: str, count: int, results: Any) -> None:
     config = CircuitBreakerConfig(failure_threshold=1)
     with CircuitBreaker(url, config, namespace=namespace) as writer:
         for i in range(count):
+            started = time.monotonic()  # a system-wide clock on Linux
             writer.record_failure(f"key-{i}")
-            results.put((f"key-{i}", time.monotonic()))  # system-wide clock on Linux
+            results.put((f"key-{i}", (started, time.monotonic())))
             time.sleep(0.005)
     results.put(None)
 
@@ -364,14 +365,16 @@ def invalidation_latency(url: str, count: int = 300) -> None:
         committed = dict(iter(results.get, None))
         writer.join()
         wait_until(lambda: len(dropped) >= len(committed), seconds=5)
-    latencies = sorted((dropped[key] - at) * 1e3 for key, at in committed.items())
-    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
-    print(
-        f"\nPostgreSQL read cache: a change committed by another process is dropped here "
-        f"after p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {latencies[-1]:.2f} ms "
-        f"({len(latencies)} changes)"
-    )
-    RESULTS["cache_invalidation_ms"] = {"p50": p50, "p99": p99, "max": latencies[-1]}
+    # The commit happens between the writer's call and its return: measured from the call
+    # (an upper bound) and from the return (a lower bound; negative: dropped here first).
+    bounds = {}
+    for label, index in (("from the write's start", 0), ("from its return", 1)):
+        ms = sorted((dropped[key] - at[index]) * 1e3 for key, at in committed.items())
+        bounds[label] = {"p50": ms[len(ms) // 2], "p99": ms[int(len(ms) * 0.99) - 1], "max": ms[-1]}
+    print("\nPostgreSQL read cache: a key another process changed is dropped here after")
+    for label, q in bounds.items():
+        print(f"  {label:<24} p50 {q['p50']:.2f} ms, p99 {q['p99']:.2f} ms, max {q['max']:.2f} ms")
+    RESULTS["cache_invalidation_ms"] = bounds
 
 
 # --- 6. scale ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from durable_breaker import (
     StoreUnavailableError,
 )
 from durable_breaker._faults import MAX_ATTEMPTS, classify
+from durable_breaker._raw import _wrapped
 
 from .conftest import BreakerFactory
 
@@ -43,7 +44,8 @@ def _permanent(db_url: str) -> Exception:
 
 @pytest.fixture
 def inject(make_breaker: BreakerFactory) -> Iterator[Callable[..., tuple[CircuitBreaker, Any]]]:
-    """A breaker whose writes raise the given errors, in turn, before reaching the driver."""
+    """A breaker whose writes raise the given errors, in turn, before reaching the database:
+    the optimistic write on the raw driver, and the statements of a locked transaction."""
     made: list[tuple[sa.Engine, Any]] = []
 
     def make(
@@ -53,12 +55,27 @@ def inject(make_breaker: BreakerFactory) -> Iterator[Callable[..., tuple[Circuit
         engine = breaker._store.engine
         calls = {"writes": 0}
 
+        def next_error() -> Exception | None:
+            calls["writes"] += 1
+            if forever or calls["writes"] <= len(errors):
+                return errors[(calls["writes"] - 1) % len(errors)]
+            return None
+
         def fail(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
             if statement.lstrip().upper().startswith(("UPDATE", "INSERT")):
-                calls["writes"] += 1
-                if forever or calls["writes"] <= len(errors):
-                    raise errors[(calls["writes"] - 1) % len(errors)]
+                error = next_error()
+                if error is not None:
+                    raise error
 
+        raw, write = breaker._store._raw, breaker._store._raw.write
+
+        def failing_write(change: Any) -> Any:
+            error = next_error()
+            if error is not None:
+                raise _wrapped(engine, "write", error, invalidated=False) from error
+            return write(change)
+
+        raw.write = failing_write  # type: ignore[method-assign]
         sa.event.listen(engine, "before_cursor_execute", fail)
         made.append((engine, fail))
         return breaker, calls
@@ -188,15 +205,18 @@ def test_a_write_whose_connection_died_before_it_ran_is_retried_once(
     lost_connections: tuple[CircuitBreaker, list[str], Any],
 ) -> None:
     breaker, broken, listen = lost_connections
+    raw, write = breaker._store._raw, breaker._store._raw.write
 
-    def before(connection: sa.Connection, _cursor: Any, statement: str, *_: Any) -> None:
-        if _is_write(statement) and not broken:
-            broken.append(statement)
-            listen.terminate(connection)
+    def after_a_server_restart(change: Any) -> Any:
+        if not broken:
+            broken.append("idle")  # the pooled connection the write will use dies idle
+            with breaker._store.engine.connect() as connection:
+                listen.terminate(connection)
+        return write(change)
 
-    listen("before_cursor_execute", before)
+    raw.write = after_a_server_restart  # type: ignore[method-assign]
     breaker.record_failure("k")  # the version shows it was not applied: written under a lock
-    assert len(broken) == 1
+    assert broken == ["idle"]
     assert breaker.state("k") is CircuitState.OPEN
     assert [t.consecutive_failures for t in breaker.history("k")] == [2]  # applied once
 
@@ -205,17 +225,19 @@ def test_a_write_whose_connection_died_before_it_ran_is_retried_once(
 def test_a_write_whose_connection_died_after_it_ran_is_not_applied_twice(
     lost_connections: tuple[CircuitBreaker, list[str], Any],
 ) -> None:
-    breaker, broken, listen = lost_connections
+    breaker, broken, _ = lost_connections
+    raw, write = breaker._store._raw, breaker._store._raw.write
 
-    def after(_connection: sa.Connection, _cursor: Any, statement: str, *_: Any) -> None:
-        if _is_write(statement) and not broken:
-            broken.append(statement)  # applied (autocommit), but the answer never came back
-            raise psycopg.OperationalError("server closed the connection unexpectedly")
+    def answer_lost(change: Any) -> Any:
+        write(change)  # applied (autocommit), but the answer never comes back
+        broken.append("after")
+        lost = psycopg.OperationalError("server closed the connection unexpectedly")
+        raise _wrapped(breaker._store.engine, "write", lost, invalidated=True) from lost
 
-    listen("after_cursor_execute", after)
+    raw.write = answer_lost  # type: ignore[method-assign]
     with pytest.raises(StoreUnavailableError, match="may or may not have been stored"):
         breaker.record_failure("k")
-    assert len(broken) == 1
+    assert broken == ["after"]  # not retried
     assert [t.consecutive_failures for t in breaker.history("k")] == [2]  # once, not twice
 
 

@@ -15,7 +15,7 @@ from ._engine import write_transaction
 from ._errors import StoreUnavailableError, UnknownKeyError
 from ._faults import Fault, classify, translate_errors, with_retries
 from ._machine import Decision, Trigger, decide, describe
-from ._reads import PostgresReads, SqliteReads
+from ._raw import AUDIT_COLUMNS, Change, PostgresRaw, SqliteRaw
 from ._state import NEW_CIRCUIT, Circuit, CircuitState, Transition
 from ._tables import circuits, transitions
 from ._urls import safe_url
@@ -51,61 +51,6 @@ def _transition(row: Any) -> Transition:
         reason=row.reason,
         actor=row.actor,
     )
-
-
-_STORED = (
-    "state",
-    "consecutive_failures",
-    "half_open_probes",
-    "last_failure_at",
-    "half_open_since",
-    "updated_at",
-)
-_AUDITED = (
-    "namespace",
-    "key",
-    "from_state",
-    "to_state",
-    "trigger",
-    "at",
-    "consecutive_failures",
-    "reason",
-    "actor",
-)
-
-
-def _optimistic_statements() -> tuple[Any, dict[tuple[bool, bool], Any]]:
-    """The statements of `SqlStore.write`, built once, with `new_*`, `audit_*`, `ns`, `k` and
-    `v` parameters: an UPDATE of an unchanged row (both backends) and, for PostgreSQL, each
-    of (insert or update, audited or not) as one statement."""
-    new = {name: bindparam(f"new_{name}", type_=circuits.c[name].type) for name in _STORED}
-    update_if_unchanged = (
-        update(circuits)
-        .where(
-            circuits.c.namespace == bindparam("ns"),
-            circuits.c.key == bindparam("k"),
-            circuits.c.version == bindparam("v"),
-        )
-        .values(**new, version=circuits.c.version + 1)
-    )
-    insert_if_absent = (
-        postgresql.insert(circuits)
-        .values(**new, namespace=bindparam("ns"), key=bindparam("k"), version=1)
-        .on_conflict_do_nothing()
-    )
-    audit_row = select(
-        *(bindparam(f"audit_{name}", type_=transitions.c[name].type) for name in _AUDITED)
-    )
-    statements = {}
-    for inserts, change in ((False, update_if_unchanged), (True, insert_if_absent)):
-        changed = change.returning(circuits.c.version)
-        statements[inserts, False] = changed
-        statements[inserts, True] = (
-            insert(transitions)
-            .from_select(_AUDITED, audit_row.select_from(changed.cte("changed")))
-            .returning(transitions.c.id)
-        )
-    return update_if_unchanged, statements
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,25 +91,22 @@ class SqlStore:
             .where(self._where_ns, circuits.c.key == bindparam("key"))
             .with_for_update()
         )
-        self._update_if_unchanged, self._optimistic = _optimistic_statements()
-        self._reads: SqliteReads | PostgresReads = (
-            SqliteReads(engine, timeout_s)
-            if engine.dialect.name == "sqlite"
-            else PostgresReads(engine)
+        self._raw: SqliteRaw | PostgresRaw = (
+            SqliteRaw(engine, timeout_s) if engine.dialect.name == "sqlite" else PostgresRaw(engine)
         )
 
     def load(self, key: str) -> tuple[Circuit, int | None]:
         """The committed circuit of `key` and its row's version (a new circuit and None if
         never stored), read without locking."""
         try:
-            stored = self._reads.load(self.namespace, key)
+            stored = self._raw.load(self.namespace, key)
         except exc.SQLAlchemyError:
             # Retried from here, so that the healthy path costs no retry set-up.
             stored = with_retries(
                 self.engine,
                 "read a circuit",
                 self.timeout_s,
-                lambda: self._reads.load(self.namespace, key),
+                lambda: self._raw.load(self.namespace, key),
             )
         return (NEW_CIRCUIT, None) if stored is None else stored
 
@@ -186,19 +128,23 @@ class SqlStore:
         Optimistic: no lock is held while deciding, and on PostgreSQL the change and its
         audit row are one statement, so an uncontended write costs one round trip.
         """
-        values = self._values(decision.after, decision.now)
-        audit = self._audit(key, trigger, decision, reason, actor, config)
-        params = {
-            **{f"new_{name}": value for name, value in values.items()},
-            **{f"audit_{name}": value for name, value in (audit or {}).items()},
-            "ns": self.namespace,
-            "k": key,
-            "v": version,
-        }
+        after, audit = decision.after, self._audit(key, trigger, decision, reason, actor, config)
+        change = Change(
+            self.namespace,
+            key,
+            (
+                after.state.value,
+                after.consecutive_failures,
+                after.half_open_probes,
+                after.last_failure_at,
+                after.half_open_since,
+            ),
+            decision.now,
+            version,
+            None if audit is None else tuple(audit[name] for name in AUDIT_COLUMNS),
+        )
         try:
-            if self.engine.dialect.name == "postgresql":
-                return self._write_postgres(params, version, audited=audit is not None)
-            return self._write_sqlite(params, version, audit)
+            return self._raw.write(change)
         except exc.SQLAlchemyError as error:
             fault = classify(error)
             lost = fault is Fault.UNREACHABLE or (
@@ -223,7 +169,7 @@ class SqlStore:
 
     def close(self) -> None:
         """Close the connections the hot-path reads opened themselves."""
-        self._reads.close()
+        self._raw.close()
 
     def fire(
         self,
@@ -297,34 +243,6 @@ class SqlStore:
             "reason": reason or describe(decision, config),
             "actor": actor,
         }
-
-    def _write_postgres(
-        self, params: dict[str, object], version: int | None, audited: bool
-    ) -> int | None:
-        statement = self._optimistic[version is None, audited]
-        with self._reader.connect() as connection:  # autocommit: one statement, one round trip
-            written = connection.execute(statement, params).first() is not None
-        return (1 if version is None else version + 1) if written else None
-
-    def _write_sqlite(
-        self, params: dict[str, object], version: int | None, audit: dict[str, object] | None
-    ) -> int | None:
-        with write_transaction(self.engine) as connection:
-            if version is None:
-                # BEGIN IMMEDIATE holds the write lock: absent now means absent until commit.
-                if connection.execute(self._select_for_update, {"key": params["k"]}).first():
-                    return None
-                connection.execute(self._insert_circuit, self._sqlite_row(params, 1))
-            elif connection.execute(self._update_if_unchanged, params).rowcount != 1:
-                return None  # changed by another writer since it was read: nothing written
-            if audit is not None:
-                connection.execute(insert(transitions), audit)
-        return 1 if version is None else version + 1
-
-    @staticmethod
-    def _sqlite_row(params: dict[str, object], version: int) -> dict[str, object]:
-        row = {name[4:]: value for name, value in params.items() if name.startswith("new_")}
-        return {**row, "namespace": params["ns"], "key": params["k"], "version": version}
 
     def _insert(self, connection: Connection, key: str, circuit: Circuit, now: datetime) -> bool:
         values = {**self._values(circuit, now), "namespace": self.namespace, "key": key}

@@ -1,0 +1,289 @@
+"""The hot path on the raw driver: reading one circuit row, and writing one optimistically.
+
+SQLAlchemy's Connection checkout and statement execution cost several times these statements
+themselves, so they skip it: SQLite through one autocommit sqlite3 connection per thread,
+PostgreSQL through a pooled connection switched to autocommit (psycopg prepares statements
+after a few uses). Driver errors are wrapped as SQLAlchemy would wrap them, so the retry and
+outage logic sees one kind of error. Everything else (locked transactions, migrations,
+listings) goes through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import Engine, exc
+
+from . import _engine
+from ._state import Circuit, CircuitState
+
+_COLUMNS = (
+    "state, consecutive_failures, half_open_probes, last_failure_at, half_open_since, version"
+)
+Versioned = tuple[Circuit, int]  # a stored circuit and the version its row is at
+_STORED = "state, consecutive_failures, half_open_probes, last_failure_at, half_open_since"
+AUDIT_COLUMNS = (
+    "namespace",
+    "key",
+    "from_state",
+    "to_state",
+    "trigger",
+    "at",
+    "consecutive_failures",
+    "reason",
+    "actor",
+)
+_AUDITED = ", ".join(AUDIT_COLUMNS)
+
+
+class Change(NamedTuple):
+    """One optimistic write: the row's new values, if it is still at `version` (None: absent),
+    and the audit row (None: not audited)."""
+
+    namespace: str
+    key: str
+    stored: tuple[Any, ...]  # state, failures, probes, last_failure_at, half_open_since
+    now: datetime  # updated_at
+    version: int | None
+    audit: tuple[Any, ...] | None  # in _AUDITED's order
+
+
+def _statements(p: str) -> dict[str, str]:
+    """The optimistic write's statements with placeholder `p`."""
+    stored = ", ".join([p] * 5)
+    return {
+        "update": (
+            f"UPDATE durable_breaker_circuit SET ({_STORED}, updated_at) = ({stored}, {p}), "
+            f"version = version + 1 WHERE namespace = {p} AND key = {p} AND version = {p}"
+        ),
+        "insert": (
+            f"INSERT INTO durable_breaker_circuit (namespace, key, {_STORED}, updated_at, "
+            f"version) VALUES ({p}, {p}, {stored}, {p}, 1) ON CONFLICT DO NOTHING"
+        ),
+        "audit": (
+            f"INSERT INTO durable_breaker_transition ({_AUDITED}) VALUES ({', '.join([p] * 9)})"
+        ),
+    }
+
+
+_STATES = {state.value: state for state in CircuitState}
+
+
+class _Parsed:
+    """Rows already turned into circuits: most reads return a row seen before (a healthy key
+    reads the same values every time), and a lookup costs less than parsing its times."""
+
+    def __init__(self, parse_time: Any, size: int = 4096) -> None:
+        self._parse_time = parse_time
+        self._size = size
+        self._circuits: dict[tuple[Any, ...], Versioned] = {}
+
+    def circuit(self, row: tuple[Any, ...]) -> Versioned:
+        stored = self._circuits.get(row)
+        if stored is None:
+            state, failures, probes, last_failure_at, half_open_since, version = row
+            parse = self._parse_time
+            circuit = Circuit(
+                _STATES[state],
+                failures,
+                probes,
+                None if last_failure_at is None else parse(last_failure_at),
+                None if half_open_since is None else parse(half_open_since),
+            )
+            if len(self._circuits) >= self._size:
+                self._circuits.clear()  # bounded; refills with what is read now
+            stored = self._circuits[row] = (circuit, version)
+        return stored
+
+
+def _sqlite_time(text: str) -> datetime:
+    # SQLAlchemy stores SQLite datetimes as "YYYY-MM-DD HH:MM:SS.ffffff" in UTC.
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _postgres_time(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _sqlite_text(value: datetime) -> str:
+    # As SQLAlchemy stores it, so that both write the same text.
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _sqlite_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_sqlite_text(v) if isinstance(v, datetime) else v for v in values)
+
+
+_SQLITE = _statements("?")
+_POSTGRES = _statements("%s")
+
+
+class SqliteRaw:
+    """Statements through one sqlite3 connection per thread (sqlite3 objects are not
+    shareable between threads)."""
+
+    def __init__(self, engine: Engine, timeout_s: float) -> None:
+        self._engine = engine
+        args, kwargs = engine.dialect.create_connect_args(engine.url)
+        self._database: str = args[0]
+        self._connect_kwargs = {
+            **kwargs,
+            "timeout": timeout_s,
+            "isolation_level": None,  # autocommit: a SELECT opens no transaction
+            "check_same_thread": False,  # one thread uses it; close() may run in another
+        }
+        self._sql = (
+            f"SELECT {_COLUMNS} FROM durable_breaker_circuit WHERE namespace = ? AND key = ?"
+        )
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[sqlite3.Connection] = []
+        self._parsed = _Parsed(_sqlite_time)
+
+    def load(self, namespace: str, key: str) -> Versioned | None:
+        cursor = self._cursor()
+        try:
+            row = cursor.execute(self._sql, (namespace, key)).fetchone()
+        except sqlite3.Error as error:
+            raise _wrapped(self._engine, self._sql, error, invalidated=False) from error
+        return None if row is None else self._parsed.circuit(row)
+
+    def write(self, change: Change) -> int | None:
+        """Apply `change` if its row is unchanged; the row's new version, or None if not."""
+        cursor = self._cursor()
+        sql = _SQLITE
+        stored = _sqlite_values(change.stored)
+        now = _sqlite_text(change.now)
+        # One statement needs no transaction of its own; more need BEGIN IMMEDIATE.
+        single = change.audit is None and change.version is not None
+        try:
+            if not single:
+                cursor.execute("BEGIN IMMEDIATE")
+            if change.version is None:
+                cursor.execute(sql["insert"], (change.namespace, change.key, *stored, now))
+            else:
+                params = (*stored, now, change.namespace, change.key, change.version)
+                cursor.execute(sql["update"], params)
+            written = cursor.rowcount == 1
+            if written and change.audit is not None:
+                audit = tuple(
+                    _sqlite_text(v) if isinstance(v, datetime) else v for v in change.audit
+                )
+                cursor.execute(sql["audit"], audit)
+            if not single:
+                cursor.execute("COMMIT" if written else "ROLLBACK")
+        except sqlite3.Error as error:
+            if cursor.connection.in_transaction:
+                cursor.execute("ROLLBACK")
+            raise _wrapped(self._engine, "write a circuit", error, invalidated=False) from error
+        if not written:
+            return None
+        return 1 if change.version is None else change.version + 1
+
+    def _cursor(self) -> sqlite3.Cursor:
+        local = self._local
+        cursor = getattr(local, "cursor", None)
+        if cursor is None or local.forks != _engine.forks:  # a new thread, or a forked child
+            cursor = self._open().cursor()
+            local.cursor = cursor
+        return cursor
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            connection: sqlite3.Connection = sqlite3.connect(self._database, **self._connect_kwargs)
+        except sqlite3.Error as error:
+            raise _wrapped(self._engine, "connect", error, invalidated=False) from error
+        self._local.forks = _engine.forks
+        with self._lock:
+            self._opened.append(connection)
+        return connection
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for connection in opened:
+            connection.close()
+        self._local = threading.local()
+
+
+class PostgresRaw:
+    """Statements through the engine's pool, on the driver connection, in autocommit."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._parsed = _Parsed(_postgres_time)
+        self._sql = (
+            f"SELECT {_COLUMNS} FROM durable_breaker_circuit WHERE namespace = %s AND key = %s"
+        )
+
+    def load(self, namespace: str, key: str) -> Versioned | None:
+        row = self._execute(self._sql, (namespace, key))
+        return None if row is None else self._parsed.circuit(row)
+
+    def write(self, change: Change) -> int | None:
+        """Apply `change`, and its audit row, in one statement if its row is unchanged; the
+        row's new version, or None if not. One statement: one round trip, all or nothing."""
+        if change.version is None:
+            sql, params = (
+                _POSTGRES["insert"],
+                (change.namespace, change.key, *change.stored, change.now),
+            )
+        else:
+            sql = _POSTGRES["update"]
+            params = (*change.stored, change.now, change.namespace, change.key, change.version)
+        if change.audit is None:
+            sql += " RETURNING version"
+        else:
+            columns = ", ".join(["%s"] * 9)
+            sql = (
+                f"WITH changed AS ({sql} RETURNING version) INSERT INTO "
+                f"durable_breaker_transition ({_AUDITED}) SELECT {columns} FROM changed "
+                "RETURNING id"
+            )
+            params = (*params, *change.audit)
+        if self._execute(sql, params) is None:
+            return None
+        return 1 if change.version is None else change.version + 1
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """The first row `sql` returns (None if none), in autocommit."""
+        try:
+            pooled = self._engine.raw_connection()
+        except self._engine.dialect.loaded_dbapi.Error as error:
+            raise _wrapped(self._engine, "connect", error, invalidated=False) from error
+        connection: Any = pooled.dbapi_connection
+        try:
+            # Autocommit: no BEGIN and COMMIT or ROLLBACK round trips around one statement.
+            # Always restored: the pool's other users run transactions on this connection.
+            connection.autocommit = True
+            row = connection.execute(sql, params).fetchone()
+            connection.autocommit = False
+            return row
+        except self._engine.dialect.loaded_dbapi.Error as error:
+            lost = self._engine.dialect.is_disconnect(error, connection, None)
+            if lost or connection.autocommit:  # broken, or not restored: not for the pool
+                pooled.invalidate(error)
+            raise _wrapped(self._engine, sql, error, invalidated=lost) from error
+        except BaseException as error:  # interrupted mid-statement: the connection is suspect
+            pooled.invalidate(error)
+            raise
+        finally:
+            pooled.close()
+
+    def close(self) -> None:
+        pass  # the engine's pool holds the connections
+
+
+def _wrapped(engine: Engine, statement: str, error: Exception, *, invalidated: bool) -> Any:
+    """`error` as SQLAlchemy would have raised it (OperationalError, ...)."""
+    return exc.DBAPIError.instance(
+        statement,
+        None,
+        error,
+        engine.dialect.loaded_dbapi.Error,
+        connection_invalidated=invalidated,
+        dialect=engine.dialect,
+    )

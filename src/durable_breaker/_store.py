@@ -100,7 +100,10 @@ class SqlStore:
         never stored), read without locking."""
         try:
             stored = self._raw.load(self.namespace, key)
-        except exc.SQLAlchemyError:
+        except exc.SQLAlchemyError as error:
+            if classify(error) is not Fault.TRANSIENT:
+                with translate_errors(self.engine, "read a circuit"):
+                    raise
             # Retried from here, so that the healthy path costs no retry set-up.
             stored = with_retries(
                 self.engine,

@@ -151,3 +151,26 @@ def test_a_lost_listener_turns_the_cache_off_until_it_listens_again(
 def test_the_cache_needs_postgresql(tmp_path: Any) -> None:
     with pytest.raises(InvalidArgumentError, match="cache=True needs PostgreSQL"):
         CircuitBreaker(f"sqlite:///{tmp_path / 'b.db'}", cache=True)
+
+
+def test_this_breakers_own_writes_drop_its_answers_at_once(
+    cached: tuple[CircuitBreaker, CircuitBreaker, list[str]],
+) -> None:
+    breaker, _, _ = cached
+    breaker.check("gpt-4o")  # cached: admit, and a success would change nothing
+    breaker.check("gpt-4o")
+    breaker.record_failure("gpt-4o")  # threshold 1: a trip, by this very breaker
+    with pytest.raises(CircuitOpenError):
+        breaker.check("gpt-4o")  # not the stale "admit", whatever the notification's timing
+
+
+def test_a_success_after_a_failure_is_not_skipped(pg_url: str, clock: FakeClock) -> None:
+    config = CircuitBreakerConfig(failure_threshold=3)
+    with CircuitBreaker(pg_url, config, clock=clock, cache=True) as breaker:
+        assert eventually(lambda: breaker._cache is not None and breaker._cache.on)
+        for _ in range(20):
+            breaker.check("gpt-4o")
+            breaker.check("gpt-4o")
+            breaker.record_failure("gpt-4o")
+            breaker.record_success("gpt-4o")  # clears the failure: never skipped
+            assert [s.consecutive_failures for s in breaker.status()] == [0]

@@ -22,8 +22,8 @@ WALL_CLOCKS = re.compile(
 )
 ALLOWED = {("_cli.py", "clock = _DemoClock(time.time() - DEMO_CALLS * DEMO_STEP_S)")}
 # The monotonic clock measures waits for the database (retry deadlines, outage rechecks,
-# stalled connections), never circuit time: only the modules that wait may read it.
-WAITING_MODULES = {"_faults.py", "_outage.py", "_watchdog.py"}
+# stalled connections, cache heartbeats), never circuit time: only modules that wait read it.
+WAITING_MODULES = {"_cache.py", "_faults.py", "_outage.py", "_watchdog.py"}
 
 
 def test_no_module_reads_the_time_inline() -> None:

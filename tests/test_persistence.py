@@ -20,11 +20,13 @@ from durable_breaker import (
     CircuitBreakerConfig,
     CircuitOpenError,
     CircuitState,
+    DurableBreakerError,
     InvalidArgumentError,
     StoreError,
     StoreUnavailableError,
 )
 from durable_breaker._engine import make_engine, write_transaction
+from durable_breaker._raw import Change
 
 from .conftest import (
     BreakerFactory,
@@ -685,3 +687,67 @@ def test_each_thread_has_its_own_last_check(make_breaker: BreakerFactory) -> Non
     assert done.wait(10)
     breaker.record_success("k")  # the breaker wrote since this thread's check
     assert [s.consecutive_failures for s in breaker.status()] == [0]
+
+
+def test_a_caller_sqlite_engine_with_its_own_pool_is_used_as_it_is(clock: FakeClock) -> None:
+    """An in-memory database on one shared connection: only the caller's engine reaches it."""
+    engine = sa.create_engine("sqlite://", poolclass=sa.pool.StaticPool)
+    try:
+        with CircuitBreaker(engine, TRIP_AT_2, clock=clock) as breaker:
+            breaker.check("k")
+            breaker.record_failure("k")
+            breaker.record_failure("k")
+            assert breaker.state("k") is CircuitState.OPEN
+            with pytest.raises(CircuitOpenError):
+                breaker.check("k")
+    finally:
+        engine.dispose()
+
+
+def test_record_success_on_a_closed_breaker_says_so(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker(TRIP_AT_2)
+    breaker.check("k")
+    breaker.close()
+    with pytest.raises(DurableBreakerError, match="closed"):
+        breaker.record_success("k")
+
+
+def test_an_interrupted_sqlite_write_leaves_no_lock_behind(tmp_path: Any) -> None:
+    path = tmp_path / "b.db"
+    with CircuitBreaker(f"sqlite:///{path}", TRIP_AT_2) as breaker:
+        breaker.record_failure("k")
+        _, version = breaker._store.load("k")
+
+        class Interrupts:
+            def __conform__(self, protocol: object) -> object:
+                raise KeyboardInterrupt  # while the write holds BEGIN IMMEDIATE
+
+        now = datetime.now(UTC)
+        change = Change(
+            "default",
+            "k",
+            ("open", 2, 0, now, None),
+            now,
+            version,
+            ("default", "k", "closed", "open", "failure", now, 2, Interrupts(), "me"),
+        )
+        with pytest.raises(KeyboardInterrupt):
+            breaker._store._raw.write(change)
+        other = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # would be "database is locked" had it stayed held
+        other.execute("ROLLBACK")
+        other.close()
+        breaker.record_failure("k")  # the breaker's own connection works on
+        assert breaker.state("k") is CircuitState.OPEN
+
+
+def test_sqlite_times_are_written_as_sqlalchemy_writes_them(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    early = datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with CircuitBreaker(url, TRIP_AT_2, clock=early.timestamp) as breaker:
+        breaker.record_failure("k")  # an optimistic insert on the raw driver
+        with breaker._store.engine.begin() as connection:
+            text = connection.exec_driver_sql("SELECT updated_at FROM durable_breaker_circuit")
+            assert text.scalar() == "0999-01-02 03:04:05.000000"
+        assert breaker.history("k") == []
+        assert breaker.status()[0].consecutive_failures == 1

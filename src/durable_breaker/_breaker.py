@@ -212,6 +212,11 @@ class CircuitBreaker:
                 decision, version = self._decide(store, key, trigger, peek)
                 writes = decision.needs_write and not peek
                 if writes:
+                    # Whatever becomes of this write, what this thread (or the cache) saw of
+                    # the key no longer stands: a failed or ambiguous write must outdate it too.
+                    self._write_epoch = epoch = next(self._writes)
+                    if cache is not None:
+                        cache.drop(key)
                     actor = self.actor
                     version = store.write(
                         key, decision, version, trigger, self._config, reason=reason, actor=actor
@@ -220,7 +225,6 @@ class CircuitBreaker:
                         decision, version = store.fire(
                             key, trigger, self._now, self._config, reason=reason, actor=actor
                         )
-                    self._write_epoch = epoch = next(self._writes)
             except StoreUnavailableError as raised:
                 self._outage.failed(raised)
                 error = raised
@@ -299,8 +303,9 @@ class CircuitBreaker:
         between, the success is decided against the circuit that check read, at its time:
         when that changes nothing (a healthy key), no statement runs at all.
         """
-        answer = None if self._cache is None or type(key) is not str else self._cache.get(key)
-        if answer is not None and answer.quiet_success and not self._closed:
+        self._open_store(key)
+        answer = None if self._cache is None else self._cache.get(key)
+        if answer is not None and answer.quiet_success:
             return  # cached as Closed and clean: any change since would have dropped it
         seen = getattr(self._seen_here, "last", None)
         if (
@@ -334,6 +339,9 @@ class CircuitBreaker:
         """Force a stored key's circuit closed; return the audited transition."""
         _check_reason(reason)
         reason, actor = reason or "manual reset", self.actor
+        self._write_epoch = next(self._writes)
+        if self._cache is not None:
+            self._cache.drop(key)
         decision, _ = self._open_store(key).fire(
             key,
             Trigger.RESET,
@@ -344,7 +352,6 @@ class CircuitBreaker:
             must_exist=True,
         )
         self._outage.answered(key, decision.after)
-        self._write_epoch = next(self._writes)
         return Transition(
             key=key,
             from_state=decision.before.state,

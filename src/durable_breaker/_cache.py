@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
@@ -28,6 +30,7 @@ from ._state import Circuit, CircuitState
 CHANNEL = "durable_breaker"  # as migration 0002 notifies
 _log = logging.getLogger("durable_breaker")
 _RECONNECT_S = 1.0
+_HEARTBEAT_S = 1.0
 
 
 class Answer(NamedTuple):
@@ -64,12 +67,19 @@ class ReadCache:
             },
         )
         self._forks = _engine.forks  # a forked child has no listener: its cache is off
+        self._beat = f"\x1e{id(self)}-{os.getpid()}"  # cannot be a namespace (no US in it)
+        self._heard_until = 0.0  # monotonic time until which the listener is known alive
+        self._next_beat = 0.0
         self._thread = threading.Thread(target=self._listen, name="durable-breaker cache")
         self._thread.daemon = True
         self._thread.start()
 
     def get(self, key: str) -> Answer | None:
-        return self._answers.get(key) if self.on and self._forks == _engine.forks else None
+        if not self.on or self._forks != _engine.forks:
+            return None
+        if time.monotonic() > self._heard_until:  # the listener went quiet: trust nothing
+            return None
+        return self._answers.get(key)
 
     def fill(
         self, key: str, circuit: Circuit, version: int | None, decision: Decision, seen: int
@@ -113,23 +123,55 @@ class ReadCache:
     def _listen(self) -> None:
         import psycopg
 
+        warned = False
         while not self._closed.is_set():
             try:
                 args, kwargs = self._connect
                 with psycopg.connect(*args, **kwargs) as connection:
+                    if not _has_trigger(connection):
+                        raise LookupError(
+                            "the durable_breaker_notify trigger is missing; run "
+                            "`durable-breaker --url URL migrate`"
+                        )
                     connection.execute(f"LISTEN {CHANNEL}")
+                    self._heartbeat(connection)
                     with self._lock:
                         self.on = True  # empty, and every change from now on arrives
-                    _log.debug("read cache on: listening for changes")
-                    while not self._closed.is_set():
-                        for note in connection.notifies(timeout=0.5):
-                            namespace, _, key = note.payload.partition("\x1f")
-                            if namespace == self._namespace:
-                                self.drop(key)
-                                if self.on_drop is not None:
-                                    self.on_drop(key)
+                        self.changes += 1  # reads made before listening must not fill
+                    warned = False
+                    self._serve(connection)
             except Exception as error:  # any failure: off until listening again
-                if self.on:
+                if self.on or not warned:
                     _log.warning("read cache off until it listens again: %s", error)
+                    warned = True
             self._turn_off()
             self._closed.wait(_RECONNECT_S)
+
+    def _serve(self, connection: Any) -> None:
+        """Drop what changes; prove every interval that notifications still arrive."""
+        prefix = self._namespace + "\x1f"
+        while not self._closed.is_set():
+            for note in connection.notifies(timeout=_HEARTBEAT_S / 2):
+                if note.payload == self._beat:
+                    self._heard_until = time.monotonic() + _HEARTBEAT_S * 3
+                elif note.payload.startswith(prefix):  # namespace, US, key
+                    key = note.payload[len(prefix) :]
+                    self.drop(key)
+                    if self.on_drop is not None:
+                        self.on_drop(key)
+            if time.monotonic() > self._next_beat:
+                self._heartbeat(connection)
+
+    def _heartbeat(self, connection: Any) -> None:
+        # A notification to ourselves through the server: if it stops coming back (a silent
+        # network, a pooler that drops notifications), `get` stops answering.
+        connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._beat))
+        self._next_beat = time.monotonic() + _HEARTBEAT_S
+
+
+def _has_trigger(connection: Any) -> bool:
+    row = connection.execute(
+        "SELECT 1 FROM pg_trigger WHERE tgname = 'durable_breaker_notify' "
+        "AND tgrelid = 'durable_breaker_circuit'::regclass"
+    ).fetchone()
+    return row is not None

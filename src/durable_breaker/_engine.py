@@ -100,6 +100,11 @@ def make_engine(url: str | URL, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
     return engine
 
 
+def owns(engine: Engine) -> bool:
+    """Whether durable-breaker made `engine` from a URL (a caller's engine keeps its ways)."""
+    return engine in _OWN_ENGINES
+
+
 def prepare_engine(engine: Engine) -> None:
     """Hook durable-breaker's transaction start into an engine (ours, or one a caller passed)."""
     if engine.dialect.name not in ("sqlite", "postgresql"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -85,10 +86,14 @@ class OutageTracker:
                     self._database,
                     time.monotonic() - since,
                 )
-        # The same circuit object again (reads share parsed rows) needs no bookkeeping.
-        if self._remember and self._seen.get(key) is not circuit:
-            with self._lock:
-                self._keep(key, circuit)
+        if not self._remember:
+            return
+        if self._seen.get(key) is circuit:  # the same row again (reads share parsed rows)
+            with contextlib.suppress(KeyError):  # dropped by another thread meanwhile
+                self._seen.move_to_end(key)  # still the most recently used
+            return
+        with self._lock:
+            self._keep(key, circuit)
 
     def decide(self, key: str, trigger: Trigger, now: datetime, *, peek: bool) -> Decision:
         """Decide from the last circuit this process saw (a new one if none), in process."""

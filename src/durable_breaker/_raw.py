@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, exc
+from sqlalchemy import Engine, bindparam, exc, select
 
 from . import _engine
 from ._state import Circuit, CircuitState
+from ._tables import circuits
 
 _COLUMNS = (
     "state, consecutive_failures, half_open_probes, last_failure_at, half_open_since, version"
@@ -109,8 +111,8 @@ def _postgres_time(value: datetime) -> datetime:
 
 
 def _sqlite_text(value: datetime) -> str:
-    # As SQLAlchemy stores it, so that both write the same text.
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # As SQLAlchemy stores it ("0999-01-02 03:04:05.000006"), so that both write the same text.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -119,6 +121,23 @@ def _sqlite_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
 
 _SQLITE = _statements("?")
 _POSTGRES = _statements("%s")
+
+
+class _ThreadConnection:
+    """One thread's sqlite3 connection; closed when the thread ends and drops it."""
+
+    __slots__ = ("__weakref__", "connection", "cursor", "forks")
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+        self.cursor = connection.cursor()
+        self.forks = _engine.forks
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __del__(self) -> None:
+        self.connection.close()
 
 
 class SqliteRaw:
@@ -131,7 +150,7 @@ class SqliteRaw:
         self._database: str = args[0]
         self._connect_kwargs = {
             **kwargs,
-            "timeout": timeout_s,
+            "timeout": float(engine.url.query.get("timeout", timeout_s)),  # type: ignore[arg-type]
             "isolation_level": None,  # autocommit: a SELECT opens no transaction
             "check_same_thread": False,  # one thread uses it; close() may run in another
         }
@@ -139,12 +158,11 @@ class SqliteRaw:
             f"SELECT {_COLUMNS} FROM durable_breaker_circuit WHERE namespace = ? AND key = ?"
         )
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._opened: list[sqlite3.Connection] = []
+        self._opened: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._parsed = _Parsed(_sqlite_time)
 
     def load(self, namespace: str, key: str) -> Versioned | None:
-        cursor = self._cursor()
+        cursor = self._thread_connection().cursor
         try:
             row = cursor.execute(self._sql, (namespace, key)).fetchone()
         except sqlite3.Error as error:
@@ -153,8 +171,8 @@ class SqliteRaw:
 
     def write(self, change: Change) -> int | None:
         """Apply `change` if its row is unchanged; the row's new version, or None if not."""
-        cursor = self._cursor()
-        sql = _SQLITE
+        held = self._thread_connection()
+        cursor, sql = held.cursor, _SQLITE
         stored = _sqlite_values(change.stored)
         now = _sqlite_text(change.now)
         # One statement needs no transaction of its own; more need BEGIN IMMEDIATE.
@@ -169,43 +187,39 @@ class SqliteRaw:
                 cursor.execute(sql["update"], params)
             written = cursor.rowcount == 1
             if written and change.audit is not None:
-                audit = tuple(
-                    _sqlite_text(v) if isinstance(v, datetime) else v for v in change.audit
-                )
-                cursor.execute(sql["audit"], audit)
+                cursor.execute(sql["audit"], _sqlite_values(change.audit))
             if not single:
                 cursor.execute("COMMIT" if written else "ROLLBACK")
-        except sqlite3.Error as error:
-            if cursor.connection.in_transaction:
-                cursor.execute("ROLLBACK")
-            raise _wrapped(self._engine, "write a circuit", error, invalidated=False) from error
+        except BaseException as error:
+            # Never leave the write lock held (an interrupt, a failed statement): roll back,
+            # or give up this connection if even that fails.
+            try:
+                if held.connection.in_transaction:
+                    cursor.execute("ROLLBACK")
+            except sqlite3.Error:
+                self._local.held = None
+                held.close()
+            if isinstance(error, sqlite3.Error):
+                raise _wrapped(self._engine, "write a circuit", error, invalidated=False) from error
+            raise
         if not written:
             return None
         return 1 if change.version is None else change.version + 1
 
-    def _cursor(self) -> sqlite3.Cursor:
-        local = self._local
-        cursor = getattr(local, "cursor", None)
-        if cursor is None or local.forks != _engine.forks:  # a new thread, or a forked child
-            cursor = self._open().cursor()
-            local.cursor = cursor
-        return cursor
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            connection: sqlite3.Connection = sqlite3.connect(self._database, **self._connect_kwargs)
-        except sqlite3.Error as error:
-            raise _wrapped(self._engine, "connect", error, invalidated=False) from error
-        self._local.forks = _engine.forks
-        with self._lock:
-            self._opened.append(connection)
-        return connection
+    def _thread_connection(self) -> _ThreadConnection:
+        held: _ThreadConnection | None = getattr(self._local, "held", None)
+        if held is None or held.forks != _engine.forks:  # a new thread, or a forked child
+            try:
+                connection = sqlite3.connect(self._database, **self._connect_kwargs)
+            except sqlite3.Error as error:
+                raise _wrapped(self._engine, "connect", error, invalidated=False) from error
+            held = self._local.held = _ThreadConnection(connection)
+            self._opened.add(held)
+        return held
 
     def close(self) -> None:
-        with self._lock:
-            opened, self._opened = self._opened, []
-        for connection in opened:
-            connection.close()
+        for held in list(self._opened):
+            held.close()
         self._local = threading.local()
 
 
@@ -275,6 +289,30 @@ class PostgresRaw:
 
     def close(self) -> None:
         pass  # the engine's pool holds the connections
+
+
+class ThroughSqlAlchemy:
+    """For an SQLite engine the caller made (its own pool, creator, events): the same reads
+    through SQLAlchemy, and every write through the locked transaction. Slower, but it uses
+    the connections the caller set up."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._parsed = _Parsed(lambda value: value)  # SQLAlchemy returns aware UTC times
+        self._select = select(*(circuits.c[name] for name in _COLUMNS.split(", "))).where(
+            circuits.c.namespace == bindparam("ns"), circuits.c.key == bindparam("k")
+        )
+
+    def load(self, namespace: str, key: str) -> Versioned | None:
+        with self._engine.connect() as connection:
+            row = connection.execute(self._select, {"ns": namespace, "k": key}).first()
+        return None if row is None else self._parsed.circuit(tuple(row))
+
+    def write(self, change: Change) -> int | None:
+        return None  # decided again, and written, under the lock
+
+    def close(self) -> None:
+        pass  # the caller's engine holds the connections
 
 
 def _wrapped(engine: Engine, statement: str, error: Exception, *, invalidated: bool) -> Any:

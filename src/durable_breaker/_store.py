@@ -11,11 +11,11 @@ from sqlalchemy import Connection, Engine, bindparam, delete, exc, exists, inser
 from sqlalchemy.dialects import postgresql
 
 from ._config import CircuitBreakerConfig
-from ._engine import write_transaction
+from ._engine import owns, write_transaction
 from ._errors import StoreUnavailableError, UnknownKeyError
 from ._faults import Fault, classify, translate_errors, with_retries
 from ._machine import Decision, Trigger, decide, describe
-from ._raw import AUDIT_COLUMNS, Change, PostgresRaw, SqliteRaw
+from ._raw import AUDIT_COLUMNS, Change, PostgresRaw, SqliteRaw, ThroughSqlAlchemy
 from ._state import NEW_CIRCUIT, Circuit, CircuitState, Transition
 from ._tables import circuits, transitions
 from ._urls import safe_url
@@ -91,9 +91,13 @@ class SqlStore:
             .where(self._where_ns, circuits.c.key == bindparam("key"))
             .with_for_update()
         )
-        self._raw: SqliteRaw | PostgresRaw = (
-            SqliteRaw(engine, timeout_s) if engine.dialect.name == "sqlite" else PostgresRaw(engine)
-        )
+        self._raw: SqliteRaw | PostgresRaw | ThroughSqlAlchemy
+        if engine.dialect.name == "postgresql":
+            self._raw = PostgresRaw(engine)
+        elif owns(engine):
+            self._raw = SqliteRaw(engine, timeout_s)
+        else:
+            self._raw = ThroughSqlAlchemy(engine)
 
     def load(self, key: str) -> tuple[Circuit, int | None]:
         """The committed circuit of `key` and its row's version (a new circuit and None if

@@ -30,6 +30,7 @@ _log = logging.getLogger("durable_breaker")
 
 # Engines we made, so a forked child can drop the connections it inherited (see below).
 _OWN_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+_WRITE_BOUNDS: weakref.WeakKeyDictionary[Engine, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 
 # How many times this process is a fork of the one that imported us: connections opened
@@ -94,10 +95,16 @@ def make_engine(url: str | URL, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
         ]
         if bounds:
             event.listen(engine, "begin", functools.partial(_postgres_on_begin, "; ".join(bounds)))
+        _WRITE_BOUNDS[engine] = tuple(bounds)
         StallWatchdog(timeout_s + STALL_MARGIN_S).install(engine)
     prepare_engine(engine)
     _OWN_ENGINES.add(engine)
     return engine
+
+
+def write_bounds(engine: Engine) -> tuple[str, ...]:
+    """The SET LOCAL statements that bound a write transaction on `engine` (ours only)."""
+    return _WRITE_BOUNDS.get(engine, ())
 
 
 def owns(engine: Engine) -> bool:

@@ -10,6 +10,8 @@ listings) goes through SQLAlchemy.
 
 from __future__ import annotations
 
+import contextlib
+import select as io_select
 import sqlite3
 import threading
 import weakref
@@ -19,6 +21,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Engine, bindparam, exc, select
 
 from . import _engine
+from ._engine import write_bounds
 from ._state import Circuit, CircuitState
 from ._tables import circuits
 
@@ -72,6 +75,8 @@ def _statements(p: str) -> dict[str, str]:
 
 
 _STATES = {state.value: state for state in CircuitState}
+_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open
+_CHECKOUT_TRIES = 20  # dead pooled connections skipped before asking for a fresh one
 
 
 class _Parsed:
@@ -258,22 +263,36 @@ class PostgresRaw:
                 "RETURNING id"
             )
             params = (*params, *change.audit)
-        if self._execute(sql, params) is None:
+        if self._execute(sql, params, bounded=True) is None:
             return None
         return 1 if change.version is None else change.version + 1
 
-    def _execute(self, sql: str, params: tuple[Any, ...]) -> Any:
-        """The first row `sql` returns (None if none), in autocommit."""
-        try:
-            pooled = self._engine.raw_connection()
-        except self._engine.dialect.loaded_dbapi.Error as error:
-            raise _wrapped(self._engine, "connect", error, invalidated=False) from error
+    def _execute(self, sql: str, params: tuple[Any, ...], *, bounded: bool = False) -> Any:
+        """The first row `sql` returns (None if none), in autocommit; `bounded`: in a
+        transaction with the engine's lock and statement timeouts, sent as one pipeline (one
+        round trip), so that a write never waits for a lock longer than a locked one would."""
+        pooled = self._checkout()
         connection: Any = pooled.dbapi_connection
         try:
             # Autocommit: no BEGIN and COMMIT or ROLLBACK round trips around one statement.
             # Always restored: the pool's other users run transactions on this connection.
             connection.autocommit = True
-            row = connection.execute(sql, params).fetchone()
+            bounds = write_bounds(self._engine) if bounded else ()
+            if not bounds:
+                row = connection.execute(sql, params).fetchone()
+            else:
+                try:
+                    with connection.pipeline():
+                        connection.execute("BEGIN")
+                        for bound in bounds:
+                            connection.execute(bound)
+                        cursor = connection.execute(sql, params)
+                        connection.execute("COMMIT")
+                    row = cursor.fetchone()
+                finally:
+                    if not connection.closed and connection.info.transaction_status != _IDLE:
+                        with contextlib.suppress(self._engine.dialect.loaded_dbapi.Error):
+                            connection.execute("ROLLBACK")  # an error left it open
             connection.autocommit = False
             return row
         except self._engine.dialect.loaded_dbapi.Error as error:
@@ -286,6 +305,29 @@ class PostgresRaw:
             raise
         finally:
             pooled.close()
+
+    def _checkout(self) -> Any:
+        """A pooled connection the server has not already closed.
+
+        A server that restarted, or ended an idle session, has sent its goodbye (or EOF)
+        before our next statement: pending input on an idle connection shows it without a
+        round trip, so no statement is ever sent on it (and no write becomes ambiguous).
+        """
+        for _ in range(_CHECKOUT_TRIES):
+            try:
+                pooled = self._engine.raw_connection()
+            except self._engine.dialect.loaded_dbapi.Error as error:
+                raise _wrapped(self._engine, "connect", error, invalidated=False) from error
+            connection: Any = pooled.dbapi_connection
+            try:
+                readable, _, _ = io_select.select([connection.fileno()], [], [], 0)
+            except (OSError, ValueError, self._engine.dialect.loaded_dbapi.Error):
+                readable = [True]
+            if not readable:
+                return pooled
+            pooled.invalidate()
+            pooled.close()
+        return self._engine.raw_connection()  # new connections, after so many dead ones
 
     def close(self) -> None:
         pass  # the engine's pool holds the connections

@@ -57,14 +57,10 @@ class ReadCache:
         self._closed = threading.Event()
         args, kwargs = engine.dialect.create_connect_args(engine.url)
         timeout = max(2, math.ceil(config.store_timeout.total_seconds()))
+        name = f"{kwargs.get('application_name', 'durable-breaker')} cache"  # to tell it apart
         self._connect = (
             args,
-            {
-                "connect_timeout": timeout,
-                "application_name": "durable-breaker cache",
-                **kwargs,
-                "autocommit": True,
-            },
+            {"connect_timeout": timeout, **kwargs, "application_name": name, "autocommit": True},
         )
         self._forks = _engine.forks  # a forked child has no listener: its cache is off
         self._beat = f"\x1e{id(self)}-{os.getpid()}"  # cannot be a namespace (no US in it)

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -301,22 +302,22 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
         f"{name} 4. a trip and a close (two audited state changes)",
         {
             "durable-breaker": trip_and_close,
-            "raw driver, same statements": backend.raw_transaction("trip"),
+            "raw: lock, update, audit, commit": backend.raw_transaction("trip"),
         },
         repeat,
         write_calls,
-        ("raw driver, same statements",),
+        ("raw: lock, update, audit, commit",),
     )
-    targets["trip / raw statements"] = m["durable-breaker"] / m["raw driver, same statements"]
+    targets["trip / raw statements"] = m["durable-breaker"] / m["raw: lock, update, audit, commit"]
     run_case(
         f"{name} 5. half-open probe admitted, then reopened (two audited changes)",
         {
             "durable-breaker": probe_and_reopen,
-            "raw driver, same statements": backend.raw_transaction("probe"),
+            "raw: lock, update, audit, commit": backend.raw_transaction("probe"),
         },
         repeat,
         write_calls,
-        ("raw driver, same statements",),
+        ("raw: lock, update, audit, commit",),
     )
     for breaker in (ours, tripped, flapping, *([cached] if cached else [])):
         breaker.close()
@@ -349,6 +350,11 @@ def _change_keys(url: str, namespace: str, count: int, results: Any) -> None:
     results.put(None)
 
 
+def _quantile(ordered: list[float], q: float) -> float:
+    """The smallest value with at least a fraction `q` of the values at or below it."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
 def invalidation_latency(url: str, count: int = 300) -> None:
     """From another process's commit to this process's cache dropping the key."""
     namespace = f"latency-{uuid.uuid4().hex[:6]}"
@@ -370,7 +376,7 @@ def invalidation_latency(url: str, count: int = 300) -> None:
     bounds = {}
     for label, index in (("from the write's start", 0), ("from its return", 1)):
         ms = sorted((dropped[key] - at[index]) * 1e3 for key, at in committed.items())
-        bounds[label] = {"p50": ms[len(ms) // 2], "p99": ms[int(len(ms) * 0.99) - 1], "max": ms[-1]}
+        bounds[label] = {"p50": _quantile(ms, 0.5), "p99": _quantile(ms, 0.99), "max": ms[-1]}
     print("\nPostgreSQL read cache: a key another process changed is dropped here after")
     for label, q in bounds.items():
         print(f"  {label:<24} p50 {q['p50']:.2f} ms, p99 {q['p99']:.2f} ms, max {q['max']:.2f} ms")

@@ -574,7 +574,7 @@ def test_writes_bound_their_lock_wait_and_migrations_do_not(pg_url: str) -> None
     engine = make_engine(pg_url)
     try:
         with recorded_statements(engine) as statements, CircuitBreaker(engine, TRIP_AT_2) as b:
-            b.record_failure("k")  # one autocommit statement: no transaction
+            b.record_failure("k")  # written on the raw driver: no SQLAlchemy transaction
             b.reset("k")  # a locked transaction
         locks = [s for s in statements if "_timeout" in s or "advisory" in s]
         bounded = (

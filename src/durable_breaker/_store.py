@@ -133,7 +133,8 @@ class SqlStore:
         there first (then `fire` decides again under a lock).
 
         Optimistic: no lock is held while deciding, and on PostgreSQL the change and its
-        audit row are one statement, so an uncontended write costs one round trip.
+        audit row are one statement in one pipelined transaction: an uncontended write costs
+        one round trip.
         """
         after, audit = decision.after, self._audit(key, trigger, decision, reason, actor, config)
         change = Change(
@@ -158,7 +159,7 @@ class SqlStore:
                 isinstance(error, exc.DBAPIError) and error.connection_invalidated
             )
             if lost and self.engine.dialect.name == "postgresql":
-                # An autocommit statement may have been applied before the connection broke;
+                # The write may have been committed before the connection broke;
                 # then trying again would apply it twice. Only when the server says it ended
                 # the session (a restart, an administrator) is no statement of ours left
                 # running, so that the row's version tells whether it was applied.

@@ -670,8 +670,11 @@ def test_a_success_after_a_clean_check_does_not_undo_another_processes_failure(
     other.record_failure("gpt-4o")
     worker.record_success("gpt-4o")
     assert [s.consecutive_failures for s in worker.status()] == [1]
-    worker.record_success("gpt-4o")  # without a check in front: read, and cleared
-    assert [s.consecutive_failures for s in worker.status()] == [0]
+    worker.record_success("gpt-4o")  # still against that check
+    assert [s.consecutive_failures for s in worker.status()] == [1]
+    worker.check("claude")  # this thread's last check is of another key now
+    worker.record_success("gpt-4o")  # read, and cleared
+    assert {s.key: s.consecutive_failures for s in worker.status()}["gpt-4o"] == 0
 
 
 def test_each_thread_has_its_own_last_check(make_breaker: BreakerFactory) -> None:

@@ -299,24 +299,24 @@ class CircuitBreaker:
     def record_success(self, key: str) -> None:
         """Record a successful call: the key's circuit closes and its counts reset.
 
-        Right after this thread's `check` of the same key, with no write by this breaker in
-        between, the success is decided against the circuit that check read, at its time:
-        when that changes nothing (a healthy key), no statement runs at all.
+        After this thread's `check` of the same key, until this thread checks another key or
+        this breaker writes, the success is decided against the circuit that check read, at
+        its time: when that changes nothing (a healthy key), no statement runs at all.
         """
-        self._open_store(key)
-        answer = None if self._cache is None else self._cache.get(key)
-        if answer is not None and answer.quiet_success:
-            return  # cached as Closed and clean: any change since would have dropped it
-        seen = getattr(self._seen_here, "last", None)
-        if (
-            seen is not None
-            and seen.checked
-            and seen.key == key
-            and seen.epoch == self._write_epoch
-            and not decide(seen.circuit, Trigger.SUCCESS, seen.now, self._config).needs_write
-        ):
-            self._seen_here.last = seen._replace(checked=False)  # one success per check
-            return
+        if not self._closed:  # (a closed breaker, a bad key: `_fire` says so)
+            cache = self._cache
+            answer = None if cache is None or type(key) is not str else cache.get(key)
+            if answer is not None and answer.quiet_success:
+                return  # cached as Closed and clean: any change since would have dropped it
+            seen = getattr(self._seen_here, "last", None)
+            if (
+                seen is not None
+                and seen.checked
+                and seen.key == key
+                and seen.epoch == self._write_epoch
+                and not decide(seen.circuit, Trigger.SUCCESS, seen.now, self._config).needs_write
+            ):
+                return
         try:
             self._fire(key, Trigger.SUCCESS)
         except StoreUnavailableError as error:

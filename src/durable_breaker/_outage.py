@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -89,8 +88,10 @@ class OutageTracker:
         if not self._remember:
             return
         if self._seen.get(key) is circuit:  # the same row again (reads share parsed rows)
-            with contextlib.suppress(KeyError):  # dropped by another thread meanwhile
+            try:  # (not contextlib.suppress: this runs on every healthy call)
                 self._seen.move_to_end(key)  # still the most recently used
+            except KeyError:  # dropped by another thread meanwhile
+                return
             return
         with self._lock:
             self._keep(key, circuit)

@@ -42,9 +42,9 @@ def tripped(db_url: str, clock: FakeClock) -> str:
 
 def test_migrate_says_what_it_did(db_url: str) -> None:
     code, out, _ = cli("--url", db_url, "migrate")
-    assert code == 0 and "from an empty database to 0002_change_notifications" in out
+    assert code == 0 and "from an empty database to 0003_manual_control_and_fencing" in out
     code, out, _ = cli("--url", db_url, "migrate")
-    assert code == 0 and "already at schema revision 0002_change_notifications" in out
+    assert code == 0 and "already at schema revision 0003_manual_control_and_fencing" in out
 
 
 def test_status_json_lists_every_key(tripped: str) -> None:

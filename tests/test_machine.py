@@ -67,11 +67,25 @@ def test_compiled_table_fires_what_the_transitions_machine_fires(
     assert table_result == machine_result
 
 
-def test_every_trigger_but_check_always_fires() -> None:
+def test_failures_and_operator_triggers_always_fire_success_all_but_in_forced_open() -> None:
+    operator = [Trigger.RESET, Trigger.FORCE_OPEN, Trigger.DISABLE]
     for state, trigger, outcomes in itertools.product(
-        CircuitState, [Trigger.FAILURE, Trigger.SUCCESS, Trigger.RESET], _GUARD_OUTCOMES
+        CircuitState, [Trigger.FAILURE, Trigger.SUCCESS, *operator], _GUARD_OUTCOMES
     ):
-        assert select_step(state, trigger, outcomes.__getitem__) is not None
+        fires = select_step(state, trigger, outcomes.__getitem__) is not None
+        assert fires is not (state is CircuitState.FORCED_OPEN and trigger is Trigger.SUCCESS)
+
+
+def test_a_release_gives_back_only_a_taken_half_open_probe() -> None:
+    config = CircuitBreakerConfig(half_open_max=2)
+    probing = Circuit(CircuitState.HALF_OPEN, 5, 2, NOW, NOW, generation=3)
+    released = decide(probing, Trigger.RELEASE, NOW, config)
+    assert released.fired and not released.audited
+    assert released.after == Circuit(CircuitState.HALF_OPEN, 5, 1, NOW, NOW, generation=3)
+    for state in (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.DISABLED):
+        assert not decide(Circuit(state), Trigger.RELEASE, NOW, config).needs_write
+    spent_none = Circuit(CircuitState.HALF_OPEN, 5, 0, NOW, NOW)
+    assert not decide(spent_none, Trigger.RELEASE, NOW, config).needs_write
 
 
 def test_the_module_machine_keeps_no_models() -> None:
@@ -111,7 +125,9 @@ def test_probe_renewal_is_an_audited_half_open_to_half_open_transition() -> None
     assert not decide(spent, Trigger.CHECK, NOW + timedelta(seconds=29.999999), config).fired
     renewed = decide(spent, Trigger.CHECK, NOW + timedelta(seconds=30), config)
     assert renewed.fired and renewed.audited
-    assert renewed.after == Circuit(CircuitState.HALF_OPEN, 5, 1, NOW, NOW + timedelta(seconds=30))
+    assert renewed.after == Circuit(
+        CircuitState.HALF_OPEN, 5, 1, NOW, NOW + timedelta(seconds=30), generation=1
+    )
 
 
 def test_without_probe_timeout_a_spent_half_open_rejects_forever() -> None:

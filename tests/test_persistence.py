@@ -729,7 +729,7 @@ def test_an_interrupted_sqlite_write_leaves_no_lock_behind(tmp_path: Any) -> Non
         change = Change(
             "default",
             "k",
-            ("open", 2, 0, now, None),
+            ("open", 2, 0, now, None, None, 1),
             now,
             version,
             ("default", "k", "closed", "open", "failure", now, 2, Interrupts(), "me"),

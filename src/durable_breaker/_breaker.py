@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import itertools
+import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from ._cache import ReadCache
+from ._classify import retry_after as retry_after_of
 from ._config import CircuitBreakerConfig
 from ._engine import DEFAULT_URL, make_engine, prepare_engine, settle_journal_mode
 from ._errors import (
@@ -26,15 +32,29 @@ from ._errors import (
     StoreUnavailableError,
 )
 from ._faults import translate_errors
-from ._machine import Decision, Trigger, decide, retry_after
+from ._machine import Decision, Hold, Trigger, audit_reason, decide, retry_after
 from ._migrations import ensure_schema
 from ._outage import OutageTracker
+from ._permit import (
+    AsyncPermit,
+    KeyOf,
+    Permit,
+    capped,
+    check_key_of,
+    guarded,
+    guarded_async,
+    key_of,
+)
 from ._state import Circuit, CircuitState, Transition
 from ._store import SqlStore
 from ._tables import MAX_ACTOR_LENGTH, MAX_KEY_LENGTH, MAX_NAMESPACE_LENGTH
 from ._urls import safe_url
 
 _MAX_LIMIT = 2**63 - 1  # the largest LIMIT every backend accepts
+_log = logging.getLogger("durable_breaker")
+P = ParamSpec("P")
+R = TypeVar("R")
+TransitionListener = Callable[[Transition], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +66,7 @@ class KeyStatus:
     consecutive_failures: int
     since: datetime | None  # when it entered its state; None if it never changed state
     retry_after: float | None  # seconds until a call could be admitted; 0 if now; None if unknown
+    open_until: datetime | None = None  # a hold: Retry-After of a trip, or force_open's until
 
 
 class _Seen(NamedTuple):
@@ -159,6 +180,7 @@ class CircuitBreaker:
         self._seen_here = threading.local()
         self._writes = itertools.count(1)
         self._write_epoch = 0
+        self._listeners: list[TransitionListener] = []
 
     @property
     def config(self) -> CircuitBreakerConfig:
@@ -194,7 +216,14 @@ class CircuitBreaker:
         return self._store
 
     def _fire(
-        self, key: str, trigger: Trigger, reason: str | None = None, *, peek: bool = False
+        self,
+        key: str,
+        trigger: Trigger,
+        reason: str | None = None,
+        *,
+        peek: bool = False,
+        hold: Hold = None,
+        generation: int | None = None,
     ) -> Decision:
         """Decide `trigger` for `key` and store the outcome (`peek`: decide only).
 
@@ -209,7 +238,7 @@ class CircuitBreaker:
             cache = self._cache
             seen_changes = 0 if cache is None else cache.changes
             try:
-                decision, version = self._decide(store, key, trigger, peek)
+                decision, version = self._decide(store, key, trigger, peek, hold, generation)
                 writes = decision.needs_write and not peek
                 if writes:
                     # Whatever becomes of this write, what this thread (or the cache) saw of
@@ -223,7 +252,14 @@ class CircuitBreaker:
                     )
                     if version is None:  # another writer changed it: decide under its lock
                         decision, version = store.fire(
-                            key, trigger, self._now, self._config, reason=reason, actor=actor
+                            key,
+                            trigger,
+                            self._now,
+                            self._config,
+                            reason=reason,
+                            actor=actor,
+                            hold=hold,
+                            generation=generation,
                         )
             except StoreUnavailableError as raised:
                 self._outage.failed(raised)
@@ -237,13 +273,23 @@ class CircuitBreaker:
                     self._seen_here.last = _Seen(key, stored, version, decision.now, epoch, checked)
                     if checked and not writes and cache is not None:
                         cache.fill(key, stored, version, decision, seen_changes)
+                    if writes and decision.audited and self._listeners:
+                        self._announce(key, trigger, decision, reason)
                 return decision
         if self._config.on_store_error == "fallback":
-            return self._outage.decide(key, trigger, self._now(), peek=peek)
+            return self._outage.decide(
+                key, trigger, self._now(), peek=peek, hold=hold, generation=generation
+            )
         raise error
 
     def _decide(
-        self, store: SqlStore, key: str, trigger: Trigger, peek: bool
+        self,
+        store: SqlStore,
+        key: str,
+        trigger: Trigger,
+        peek: bool,
+        hold: Hold,
+        generation: int | None,
     ) -> tuple[Decision, int | None]:
         """The decision and the version of the row it was drawn from.
 
@@ -260,11 +306,46 @@ class CircuitBreaker:
                 answer = None if self._cache is None else self._cache.get(key)
                 base = None if answer is None else (answer.circuit, answer.version)
             if base is not None:
-                guess = decide(base[0], trigger, self._now(), self._config)
+                guess = decide(
+                    base[0], trigger, self._now(), self._config, hold=hold, generation=generation
+                )
                 if guess.needs_write:
                     return guess, base[1]
         circuit, version = store.load(key)
-        return decide(circuit, trigger, self._now(), self._config), version
+        decision = decide(
+            circuit, trigger, self._now(), self._config, hold=hold, generation=generation
+        )
+        return decision, version
+
+    def _announce(self, key: str, trigger: Trigger, decision: Decision, reason: str | None) -> None:
+        """Tell the listeners about a committed transition; a failing one is only logged."""
+        transition = Transition(
+            key=key,
+            from_state=decision.before.state,
+            to_state=decision.after.state,
+            trigger=trigger.value,
+            at=decision.now,
+            consecutive_failures=decision.after.consecutive_failures,
+            reason=audit_reason(decision, self._config, reason),
+            actor=self.actor,
+        )
+        for listener in list(self._listeners):
+            try:
+                listener(transition)
+            except Exception:
+                _log.exception("on_transition callback %r failed (ignored)", listener)
+
+    def on_transition(self, callback: TransitionListener) -> TransitionListener:
+        """Call `callback(transition)` after each transition this breaker commits.
+
+        It runs in the thread, and the process, that made the change (use `history` or
+        `durable-breaker history --follow` to see every process's); an exception it raises is
+        logged and ignored. Returns `callback`, so that it can be used as a decorator.
+        """
+        if not callable(callback):
+            raise InvalidArgumentError(f"callback must be callable, got {callback!r}")
+        self._listeners.append(callback)
+        return callback
 
     def _unless_unavailable(self, error: StoreUnavailableError) -> None:
         """Drop a record_* the database cannot take, unless on_store_error is "raise"."""
@@ -276,18 +357,23 @@ class CircuitBreaker:
 
         While the database is unavailable, `config.on_store_error` decides (see there).
         """
+        self._admit(key)
+
+    def _admit(self, key: str) -> int | None:
+        """`check`; returns the generation of the circuit the call was admitted under
+        (None: admitted without the database, by on_store_error="allow")."""
         answer = None if self._cache is None or type(key) is not str else self._cache.get(key)
         if answer is not None and not self._closed:
             now = self._clock()
             if now < answer.until:  # a clock reading that is no number falls through
                 if answer.admit:
-                    return
+                    return answer.circuit.generation
                 raise CircuitOpenError(key, answer.circuit.state, answer.until - now)
         try:
             decision = self._fire(key, Trigger.CHECK)
         except StoreUnavailableError as error:
             if self._config.on_store_error == "allow":
-                return
+                return None
             if self._config.on_store_error == "deny":
                 raise CircuitOpenError(key, CircuitState.OPEN, None) from error
             raise
@@ -295,6 +381,105 @@ class CircuitBreaker:
             raise CircuitOpenError(
                 key, decision.before.state, retry_after(decision.before, decision.now, self._config)
             )
+        return decision.after.generation
+
+    def acquire(self, key: str) -> Permit:
+        """Admit a call to `key` (or raise CircuitOpenError) and return its permit.
+
+        Report exactly one outcome on it. Unlike `record_success`/`record_failure`, a
+        permit's outcome is fenced: if the circuit changed state since the call was admitted,
+        it is audited as a late result and changes nothing, and `abandoned()` gives back a
+        half-open probe at once instead of leaving it to `probe_timeout`.
+        """
+        generation = self._admit(key)
+        return Permit(key, generation if generation is not None else -1, self._report)
+
+    def guard(self, key: str) -> AbstractContextManager[Permit]:
+        """`with breaker.guard(key):` — acquire a permit, and settle it as the block ends.
+
+        A normal exit is a success; an exception that `config.is_failure` counts is a failure
+        (its Retry-After honoured); any other exception, `KeyboardInterrupt` or cancellation
+        abandons the permit without counting. The exception always propagates.
+        """
+        return guarded(self.acquire(key), self._config.is_failure)
+
+    def guard_async(self, key: str) -> AbstractAsyncContextManager[AsyncPermit]:
+        """`async with breaker.guard_async(key):` — `guard` for coroutines; the database
+        calls run in a worker thread, so the event loop never blocks on them."""
+        return self._guard_async(key)
+
+    @asynccontextmanager
+    async def _guard_async(self, key: str) -> AsyncIterator[AsyncPermit]:
+        permit = await asyncio.to_thread(self.acquire, key)
+
+        async def report(
+            key: str,
+            trigger: Trigger,
+            generation: int,
+            reason: str | None,
+            error: BaseException | None,
+        ) -> None:
+            await asyncio.to_thread(self._report, key, trigger, generation, reason, error)
+
+        async with guarded_async(
+            AsyncPermit(key, permit.generation, report), self._config.is_failure
+        ) as async_permit:
+            yield async_permit
+
+    def protect(self, key: KeyOf) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorate a function (sync or async) so that every call runs in `guard(key)`.
+
+        `key` is a str, or a callable given the call's arguments that returns the key
+        (e.g. `key=lambda *a, model, **kw: model`).
+        """
+        key = check_key_of(key)
+
+        def decorate(function: Callable[P, R]) -> Callable[P, R]:
+            if inspect.iscoroutinefunction(function):
+
+                @functools.wraps(function)
+                async def guarded_coroutine(*args: P.args, **kwargs: P.kwargs) -> Any:
+                    async with self.guard_async(key_of(key, args, kwargs)):
+                        return await function(*args, **kwargs)
+
+                return guarded_coroutine  # type: ignore[return-value]
+
+            @functools.wraps(function)
+            def guarded_call(*args: P.args, **kwargs: P.kwargs) -> R:
+                with self.guard(key_of(key, args, kwargs)):
+                    return function(*args, **kwargs)
+
+            return guarded_call
+
+        return decorate
+
+    def _report(
+        self,
+        key: str,
+        trigger: Trigger,
+        generation: int,
+        reason: str | None,
+        error: BaseException | None,
+    ) -> None:
+        """Record a permit's outcome, fenced by the generation it was admitted under
+        (a negative one: admitted while the database was unavailable, so not fenced)."""
+        fenced = None if generation < 0 else generation
+        if trigger is Trigger.SUCCESS:
+            self._success(key, fenced)
+            return
+        wait = None if error is None else retry_after_of(error, self._now())
+        self._outcome(key, trigger, reason, capped(wait, self._config.max_retry_after), fenced)
+
+    def _outcome(
+        self, key: str, trigger: Trigger, reason: str | None, hold: Hold, generation: int | None
+    ) -> None:
+        """Store a failure or a release; one the database cannot take is dropped, unless
+        on_store_error is "raise"."""
+        _check_reason(reason)
+        try:
+            self._fire(key, trigger, reason, hold=hold, generation=generation)
+        except StoreUnavailableError as error:
+            self._unless_unavailable(error)
 
     def record_success(self, key: str) -> None:
         """Record a successful call: the key's circuit closes and its counts reset.
@@ -303,10 +488,17 @@ class CircuitBreaker:
         this breaker writes, the success is decided against the circuit that check read, at
         its time: when that changes nothing (a healthy key), no statement runs at all.
         """
+        self._success(key, None)
+
+    def _success(self, key: str, generation: int | None) -> None:
         if not self._closed:  # (a closed breaker, a bad key: `_fire` says so)
             cache = self._cache
             answer = None if cache is None or type(key) is not str else cache.get(key)
-            if answer is not None and answer.quiet_success:
+            if (
+                answer is not None
+                and answer.quiet_success
+                and generation in (None, answer.circuit.generation)
+            ):
                 return  # cached as Closed and clean: any change since would have dropped it
             seen = getattr(self._seen_here, "last", None)
             if (
@@ -314,49 +506,91 @@ class CircuitBreaker:
                 and seen.checked
                 and seen.key == key
                 and seen.epoch == self._write_epoch
+                and generation in (None, seen.circuit.generation)
                 and not decide(seen.circuit, Trigger.SUCCESS, seen.now, self._config).needs_write
             ):
                 return
         try:
-            self._fire(key, Trigger.SUCCESS)
+            self._fire(key, Trigger.SUCCESS, generation=generation)
         except StoreUnavailableError as error:
             self._unless_unavailable(error)
 
-    def record_failure(self, key: str, reason: str | None = None) -> None:
+    def record_failure(
+        self, key: str, reason: str | None = None, *, retry_after: timedelta | None = None
+    ) -> None:
         """Record a failed call.
 
         `reason` goes into the audit trail with the transition this failure causes (a trip,
         or a failed probe reopening the circuit); a failure that changes no state is counted
-        but its reason is not kept.
+        but its reason is not kept. `retry_after` (the service's Retry-After): if this
+        failure trips the circuit, it stays open at least that long (up to
+        `config.max_retry_after`).
         """
-        _check_reason(reason)
-        try:
-            self._fire(key, Trigger.FAILURE, reason)
-        except StoreUnavailableError as error:
-            self._unless_unavailable(error)
+        if retry_after is not None and not isinstance(retry_after, timedelta):
+            raise InvalidArgumentError(
+                f"retry_after must be None or a datetime.timedelta, got {retry_after!r}"
+            )
+        hold = None if retry_after is None or retry_after <= timedelta(0) else retry_after
+        self._outcome(
+            key, Trigger.FAILURE, reason, capped(hold, self._config.max_retry_after), None
+        )
 
     def reset(self, key: str, *, reason: str | None = None) -> Transition:
-        """Force a stored key's circuit closed; return the audited transition."""
+        """Force a stored key's circuit closed (also ending a force_open or a disable);
+        return the audited transition."""
+        return self._manual(key, Trigger.RESET, reason or "manual reset", must_exist=True)
+
+    def force_open(
+        self, key: str, until: datetime | None = None, *, reason: str | None = None
+    ) -> Transition:
+        """Hold `key`'s circuit open, whatever successes are reported, until `until` (an
+        aware datetime; then it probes as after a cooldown) or, if None, until a `reset`."""
+        if until is not None and not (isinstance(until, datetime) and until.tzinfo is not None):
+            raise InvalidArgumentError(
+                f"until must be None or a timezone-aware datetime, got {until!r}"
+            )
+        if until is not None:
+            until = until.astimezone(UTC)
+        return self._manual(key, Trigger.FORCE_OPEN, reason or "forced open", hold=until)
+
+    def disable(self, key: str, *, reason: str | None = None) -> Transition:
+        """Switch `key`'s circuit off until a `reset`: every call is admitted, and outcomes
+        are still counted (and shown by `status`) but never trip it."""
+        return self._manual(key, Trigger.DISABLE, reason or "disabled")
+
+    def _manual(
+        self,
+        key: str,
+        trigger: Trigger,
+        reason: str,
+        *,
+        must_exist: bool = False,
+        hold: Hold = None,
+    ) -> Transition:
+        """An operator's change: written under the lock and audited with the actor."""
         _check_reason(reason)
-        reason, actor = reason or "manual reset", self.actor
+        store, actor = self._open_store(key), self.actor
         self._write_epoch = next(self._writes)
         if self._cache is not None:
             self._cache.drop(key)
-        decision, _ = self._open_store(key).fire(
+        decision, _ = store.fire(
             key,
-            Trigger.RESET,
+            trigger,
             self._now,
             self._config,
             reason=reason,
             actor=actor,
-            must_exist=True,
+            must_exist=must_exist,
+            hold=hold,
         )
         self._outage.answered(key, decision.after)
+        if self._listeners:
+            self._announce(key, trigger, decision, reason)
         return Transition(
             key=key,
             from_state=decision.before.state,
             to_state=decision.after.state,
-            trigger=Trigger.RESET.value,
+            trigger=trigger.value,
             at=decision.now,
             consecutive_failures=decision.after.consecutive_failures,
             reason=reason,
@@ -401,6 +635,7 @@ class CircuitBreaker:
                 consecutive_failures=stored.circuit.consecutive_failures,
                 since=stored.since,
                 retry_after=retry_after(stored.circuit, now, self._config),
+                open_until=stored.circuit.open_until,
             )
             for stored in self._open_store().circuits()
         ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal, get_args
 
+from ._classify import is_llm_failure
 from ._errors import InvalidArgumentError
 
 StoreErrorMode = Literal["fallback", "allow", "deny", "raise"]
@@ -26,6 +28,12 @@ class CircuitBreakerConfig:
     ``StoreUnavailableError``. ``store_timeout`` bounds every wait for the database
     (connecting, a lock, a statement, retries); ``cached_keys`` bounds how many keys'
     states a process keeps in memory (for ``"fallback"`` and the read cache).
+
+    ``is_failure`` says which exceptions raised inside ``guard``/``protect`` count as
+    failures (by default `is_llm_failure`: timeouts, connection errors, 408, 429, 5xx and
+    unknown errors count; other 4xx, context-length and content-filter errors and
+    cancellation do not). A counted error's Retry-After keeps a circuit it trips open at
+    least that long, up to ``max_retry_after``.
     """
 
     failure_threshold: int = 5
@@ -35,13 +43,15 @@ class CircuitBreakerConfig:
     on_store_error: StoreErrorMode = "fallback"
     store_timeout: timedelta = timedelta(seconds=5)
     cached_keys: int = 10_000
+    is_failure: Callable[[BaseException], bool] = is_llm_failure
+    max_retry_after: timedelta = timedelta(minutes=10)
 
     def __post_init__(self) -> None:
         for name in ("failure_threshold", "half_open_max", "cached_keys"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("cooldown", "probe_timeout", "store_timeout"):
+        for name in ("cooldown", "probe_timeout", "store_timeout", "max_retry_after"):
             value = getattr(self, name)
             if value is None and name == "probe_timeout":
                 continue
@@ -52,6 +62,10 @@ class CircuitBreakerConfig:
         if self.store_timeout <= timedelta(0):
             raise InvalidArgumentError(
                 f"store_timeout must be a positive datetime.timedelta, got {self.store_timeout!r}"
+            )
+        if not callable(self.is_failure):
+            raise InvalidArgumentError(
+                f"is_failure must be a callable taking an exception, got {self.is_failure!r}"
             )
         if self.on_store_error not in get_args(StoreErrorMode):
             raise InvalidArgumentError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -28,19 +28,35 @@ class Trigger(StrEnum):
     CHECK = "check"
     FAILURE = "failure"
     SUCCESS = "success"
+    RELEASE = "release"  # a probe given back unused (an abandoned permit)
     RESET = "reset"
+    FORCE_OPEN = "force_open"
+    DISABLE = "disable"
 
+
+# Triggers that report a call's outcome: a permit's are fenced by the generation it was
+# admitted under (see `decide`).
+OUTCOMES = frozenset({Trigger.SUCCESS, Trigger.FAILURE, Trigger.RELEASE})
+_ALL = [state.value for state in CircuitState]
 
 # Order matters: for one (state, trigger) the first transition whose guards pass fires.
 # A `check` that fires admits the call; one that fires no transition rejects it.
 # `dest: None` is an internal transition: counters change, the state does not, nothing is audited.
+# A (state, trigger) with no transition does nothing: a success leaves ForcedOpen as it is.
 TRANSITIONS: list[dict[str, Any]] = [
-    {"trigger": "check", "source": "closed", "dest": None},
+    {"trigger": "check", "source": ["closed", "disabled"], "dest": None},
     {
         "trigger": "check",
         "source": "open",
         "dest": "half_open",
         "conditions": "cooldown_elapsed",
+        "after": "start_probing",
+    },
+    {
+        "trigger": "check",
+        "source": "forced_open",
+        "dest": "half_open",
+        "conditions": "hold_elapsed",
         "after": "start_probing",
     },
     {
@@ -57,23 +73,37 @@ TRANSITIONS: list[dict[str, Any]] = [
         "conditions": "probe_timed_out",
         "after": "start_probing",
     },
-    {"trigger": "failure", "source": "half_open", "dest": "open", "after": "count_failure"},
+    {
+        "trigger": "failure",
+        "source": "half_open",
+        "dest": "open",
+        "after": ["count_failure", "hold"],
+    },
     {
         "trigger": "failure",
         "source": "closed",
         "dest": "open",
         "conditions": "threshold_reached",
+        "after": ["count_failure", "hold"],
+    },
+    {
+        "trigger": "failure",
+        "source": ["closed", "open", "forced_open", "disabled"],
+        "dest": None,
         "after": "count_failure",
     },
-    {"trigger": "failure", "source": ["closed", "open"], "dest": None, "after": "count_failure"},
     {"trigger": "success", "source": ["open", "half_open"], "dest": "closed", "after": "clear"},
-    {"trigger": "success", "source": "closed", "dest": None, "after": "clear"},
+    {"trigger": "success", "source": ["closed", "disabled"], "dest": None, "after": "clear"},
     {
-        "trigger": "reset",
-        "source": ["closed", "open", "half_open"],
-        "dest": "closed",
-        "after": "clear",
+        "trigger": "release",
+        "source": "half_open",
+        "dest": None,
+        "conditions": "probe_taken",
+        "after": "return_probe",
     },
+    {"trigger": "reset", "source": _ALL, "dest": "closed", "after": "clear"},
+    {"trigger": "force_open", "source": _ALL, "dest": "forced_open", "after": ["clear", "hold"]},
+    {"trigger": "disable", "source": _ALL, "dest": "disabled", "after": "clear"},
 ]
 
 MACHINE = Machine(
@@ -82,10 +112,12 @@ MACHINE = Machine(
     transitions=TRANSITIONS,
     initial=CircuitState.CLOSED.value,
     auto_transitions=False,
+    ignore_invalid_triggers=True,  # a trigger with no transition from a state does nothing
 )
 
 Guard = Callable[[Circuit, datetime, CircuitBreakerConfig], bool]
-Effect = Callable[[Circuit, datetime], Circuit]
+Hold = datetime | timedelta | None  # until when a trip or a force_open holds: a time, a wait
+Effect = Callable[[Circuit, datetime, Hold], Circuit]
 
 
 def _since(moment: datetime | None, now: datetime) -> float:
@@ -95,10 +127,17 @@ def _since(moment: datetime | None, now: datetime) -> float:
     return float("inf") if moment is None else max(0.0, (now - moment).total_seconds())
 
 
+def _held(circuit: Circuit, now: datetime) -> bool:
+    """Whether a hold (a retry-after, a force_open until) still keeps the circuit open."""
+    return circuit.open_until is not None and now < circuit.open_until
+
+
 GUARDS: dict[str, Guard] = {
     "cooldown_elapsed": lambda c, now, cfg: (
-        _since(c.last_failure_at, now) >= cfg.cooldown.total_seconds()
+        _since(c.last_failure_at, now) >= cfg.cooldown.total_seconds() and not _held(c, now)
     ),
+    "hold_elapsed": lambda c, now, cfg: c.open_until is not None and not _held(c, now),
+    "probe_taken": lambda c, now, cfg: c.half_open_probes > 0,
     "probe_budget_left": lambda c, now, cfg: c.half_open_probes < cfg.half_open_max,
     "probe_timed_out": lambda c, now, cfg: (
         cfg.probe_timeout is not None
@@ -107,16 +146,27 @@ GUARDS: dict[str, Guard] = {
     "threshold_reached": lambda c, now, cfg: c.consecutive_failures + 1 >= cfg.failure_threshold,
 }
 
+
+def _until(hold: Hold, now: datetime) -> datetime | None:
+    return now + hold if isinstance(hold, timedelta) else hold
+
+
 EFFECTS: dict[str, Effect] = {
-    "start_probing": lambda c, now: replace(c, half_open_probes=1, half_open_since=now),
-    "take_probe": lambda c, now: replace(c, half_open_probes=c.half_open_probes + 1),
-    "count_failure": lambda c, now: replace(
+    "start_probing": lambda c, now, hold: replace(c, half_open_probes=1, half_open_since=now),
+    "take_probe": lambda c, now, hold: replace(c, half_open_probes=c.half_open_probes + 1),
+    "return_probe": lambda c, now, hold: replace(c, half_open_probes=c.half_open_probes - 1),
+    "count_failure": lambda c, now, hold: replace(
         c, consecutive_failures=c.consecutive_failures + 1, last_failure_at=now
     ),
-    "clear": lambda c, now: (
+    "hold": lambda c, now, hold: replace(c, open_until=_until(hold, now)),
+    "clear": lambda c, now, hold: (
         c  # already clear (a success on a healthy key): no copy, so nothing changed
-        if c.consecutive_failures == c.half_open_probes == 0 and c.half_open_since is None
-        else replace(c, consecutive_failures=0, half_open_probes=0, half_open_since=None)
+        if c.consecutive_failures == c.half_open_probes == 0
+        and c.half_open_since is None
+        and c.open_until is None
+        else replace(
+            c, consecutive_failures=0, half_open_probes=0, half_open_since=None, open_until=None
+        )
     ),
 }
 
@@ -193,23 +243,55 @@ def select_step(
 
 
 def decide(
-    circuit: Circuit, trigger: Trigger, now: datetime, config: CircuitBreakerConfig
+    circuit: Circuit,
+    trigger: Trigger,
+    now: datetime,
+    config: CircuitBreakerConfig,
+    *,
+    hold: Hold = None,
+    generation: int | None = None,
 ) -> Decision:
-    """Fire `trigger` on `circuit` at `now` as the declared machine would; pure."""
+    """Fire `trigger` on `circuit` at `now` as the declared machine would; pure.
+
+    `hold`: until when a trip (from a failure's retry-after) or a force_open keeps the circuit
+    open. `generation`: the generation of the circuit a permit's call was admitted under; an
+    outcome from an earlier one is fenced: it changes nothing, and a success or a failure is
+    audited as a late result.
+    """
+    if generation is not None and generation != circuit.generation and trigger in OUTCOMES:
+        late = trigger is not Trigger.RELEASE
+        return Decision(False, now, circuit, circuit, late, FENCED if late else None, False)
     step = select_step(circuit.state, trigger, lambda name: GUARDS[name](circuit, now, config))
     if step is None:
         return Decision(False, now, circuit, circuit, False, None, False)
     after = circuit
     for effect in step.effects:
-        after = EFFECTS[effect](after, now)
+        after = EFFECTS[effect](after, now, hold)
     if step.dest is not None:
-        after = replace(after, state=step.dest)
+        after = replace(after, state=step.dest, generation=after.generation + 1)
     changed = after is not circuit and after != circuit
     return Decision(True, now, circuit, after, step.dest is not None, step.passing_guard, changed)
 
 
+FENCED = "fenced"  # Decision.guard of a late outcome
+
+
+def audit_reason(decision: Decision, config: CircuitBreakerConfig, given: str | None) -> str | None:
+    """The reason an audit row gives: the caller's, else what the guard says; a late outcome
+    says it was not applied, with the caller's reason after it."""
+    if decision.guard == FENCED:
+        late = (
+            f"late result of a call admitted under an earlier generation (the circuit is at "
+            f"generation {decision.before.generation}): not applied"
+        )
+        return late if given is None else f"{late}; {given}"
+    return given or describe(decision, config)
+
+
 def describe(decision: Decision, config: CircuitBreakerConfig) -> str | None:
     """The audit reason of a transition that a guard let fire, when the caller gave none."""
+    if decision.guard == "hold_elapsed":
+        return "forced open period ended"
     if decision.guard == "cooldown_elapsed":
         return f"cooldown of {config.cooldown.total_seconds():g}s elapsed"
     if decision.guard == "probe_timed_out":
@@ -229,8 +311,12 @@ def retry_after(circuit: Circuit, now: datetime, config: CircuitBreakerConfig) -
         return 0.0
     # Not admitted, so the moment is stored and lies ahead: wait until it passes (counting
     # the time a clock that went backwards must first make up).
+    if circuit.state is CircuitState.FORCED_OPEN:
+        return None if circuit.open_until is None else (circuit.open_until - now).total_seconds()
     if circuit.state is CircuitState.OPEN and circuit.last_failure_at is not None:
-        return (circuit.last_failure_at + config.cooldown - now).total_seconds()
+        cooled = circuit.last_failure_at + config.cooldown
+        until = cooled if circuit.open_until is None else max(cooled, circuit.open_until)
+        return (until - now).total_seconds()
     if config.probe_timeout is not None and circuit.half_open_since is not None:
         return (circuit.half_open_since + config.probe_timeout - now).total_seconds()
     return None  # only a reported probe result can reopen the way

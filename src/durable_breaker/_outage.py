@@ -10,7 +10,7 @@ from datetime import datetime
 
 from ._config import CircuitBreakerConfig
 from ._errors import StoreUnavailableError
-from ._machine import Decision, Trigger, decide
+from ._machine import Decision, Hold, Trigger, decide
 from ._state import NEW_CIRCUIT, Circuit
 
 # During an outage one call per interval tries the database; the others do not wait for it.
@@ -96,10 +96,20 @@ class OutageTracker:
         with self._lock:
             self._keep(key, circuit)
 
-    def decide(self, key: str, trigger: Trigger, now: datetime, *, peek: bool) -> Decision:
+    def decide(
+        self,
+        key: str,
+        trigger: Trigger,
+        now: datetime,
+        *,
+        peek: bool,
+        hold: Hold = None,
+        generation: int | None = None,
+    ) -> Decision:
         """Decide from the last circuit this process saw (a new one if none), in process."""
         with self._lock:
-            decision = decide(self._seen.get(key, NEW_CIRCUIT), trigger, now, self._config)
+            circuit = self._seen.get(key, NEW_CIRCUIT)
+            decision = decide(circuit, trigger, now, self._config, hold=hold, generation=generation)
             if decision.changed and not peek:
                 self._keep(key, decision.after)
         return decision

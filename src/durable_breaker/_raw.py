@@ -25,11 +25,12 @@ from ._engine import write_bounds
 from ._state import Circuit, CircuitState
 from ._tables import circuits
 
-_COLUMNS = (
-    "state, consecutive_failures, half_open_probes, last_failure_at, half_open_since, version"
+_STORED = (
+    "state, consecutive_failures, half_open_probes, last_failure_at, half_open_since, "
+    "open_until, generation"
 )
+_COLUMNS = f"{_STORED}, version"
 Versioned = tuple[Circuit, int]  # a stored circuit and the version its row is at
-_STORED = "state, consecutive_failures, half_open_probes, last_failure_at, half_open_since"
 AUDIT_COLUMNS = (
     "namespace",
     "key",
@@ -50,7 +51,7 @@ class Change(NamedTuple):
 
     namespace: str
     key: str
-    stored: tuple[Any, ...]  # state, failures, probes, last_failure_at, half_open_since
+    stored: tuple[Any, ...]  # in _STORED's order
     now: datetime  # updated_at
     version: int | None
     audit: tuple[Any, ...] | None  # in _AUDITED's order
@@ -58,7 +59,7 @@ class Change(NamedTuple):
 
 def _statements(p: str) -> dict[str, str]:
     """The optimistic write's statements with placeholder `p`."""
-    stored = ", ".join([p] * 5)
+    stored = ", ".join([p] * 7)
     return {
         "update": (
             f"UPDATE durable_breaker_circuit SET ({_STORED}, updated_at) = ({stored}, {p}), "
@@ -91,7 +92,9 @@ class _Parsed:
     def circuit(self, row: tuple[Any, ...]) -> Versioned:
         stored = self._circuits.get(row)
         if stored is None:
-            state, failures, probes, last_failure_at, half_open_since, version = row
+            state, failures, probes, last_failure_at, half_open_since, open_until, generation = row[
+                :7
+            ]
             parse = self._parse_time
             circuit = Circuit(
                 _STATES[state],
@@ -99,7 +102,10 @@ class _Parsed:
                 probes,
                 None if last_failure_at is None else parse(last_failure_at),
                 None if half_open_since is None else parse(half_open_since),
+                None if open_until is None else parse(open_until),
+                generation,
             )
+            version = row[7]
             if len(self._circuits) >= self._size:
                 self._circuits.clear()  # bounded; refills with what is read now
             stored = self._circuits[row] = (circuit, version)

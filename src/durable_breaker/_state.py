@@ -13,6 +13,8 @@ class CircuitState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"  # held open by an operator until a time, or until a reset
+    DISABLED = "disabled"  # switched off by an operator: admits every call, still counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,8 @@ class Circuit:
     half_open_probes: int = 0
     last_failure_at: datetime | None = None
     half_open_since: datetime | None = None
+    open_until: datetime | None = None  # Open/ForcedOpen: no probe before this time
+    generation: int = 0  # counts the state changes: what permits are fenced by
 
 
 NEW_CIRCUIT = Circuit()

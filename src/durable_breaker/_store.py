@@ -14,7 +14,7 @@ from ._config import CircuitBreakerConfig
 from ._engine import owns, write_transaction
 from ._errors import StoreUnavailableError, UnknownKeyError
 from ._faults import Fault, classify, translate_errors, with_retries
-from ._machine import Decision, Trigger, decide, describe
+from ._machine import Decision, Hold, Trigger, audit_reason, decide
 from ._raw import AUDIT_COLUMNS, Change, PostgresRaw, SqliteRaw, ThroughSqlAlchemy
 from ._state import NEW_CIRCUIT, Circuit, CircuitState, Transition
 from ._tables import circuits, transitions
@@ -26,6 +26,8 @@ _CIRCUIT_COLUMNS = (
     circuits.c.half_open_probes,
     circuits.c.last_failure_at,
     circuits.c.half_open_since,
+    circuits.c.open_until,
+    circuits.c.generation,
 )
 
 
@@ -37,6 +39,8 @@ def _circuit(row: Any) -> Circuit:
         half_open_probes=row.half_open_probes,
         last_failure_at=row.last_failure_at,
         half_open_since=row.half_open_since,
+        open_until=row.open_until,
+        generation=row.generation,
     )
 
 
@@ -146,6 +150,8 @@ class SqlStore:
                 after.half_open_probes,
                 after.last_failure_at,
                 after.half_open_since,
+                after.open_until,
+                after.generation,
             ),
             decision.now,
             version,
@@ -189,6 +195,8 @@ class SqlStore:
         reason: str | None,
         actor: str,
         must_exist: bool = False,
+        hold: Hold = None,
+        generation: int | None = None,
     ) -> tuple[Decision, int | None]:
         """Read, decide and write `key` atomically, with its audit row in the same transaction;
         return the decision and the row's version after it.
@@ -209,7 +217,12 @@ class SqlStore:
                         )
                     now = clock()
                     decision = decide(
-                        NEW_CIRCUIT if row is None else _circuit(row), trigger, now, config
+                        NEW_CIRCUIT if row is None else _circuit(row),
+                        trigger,
+                        now,
+                        config,
+                        hold=hold,
+                        generation=generation,
                     )
                     if not decision.needs_write:
                         return decision, None if row is None else row.version
@@ -248,7 +261,7 @@ class SqlStore:
             "trigger": trigger.value,
             "at": decision.now,
             "consecutive_failures": decision.after.consecutive_failures,
-            "reason": reason or describe(decision, config),
+            "reason": audit_reason(decision, config, reason),
             "actor": actor,
         }
 
@@ -273,6 +286,8 @@ class SqlStore:
             "half_open_probes": circuit.half_open_probes,
             "last_failure_at": circuit.last_failure_at,
             "half_open_since": circuit.half_open_since,
+            "open_until": circuit.open_until,
+            "generation": circuit.generation,
             "updated_at": now,
         }
 

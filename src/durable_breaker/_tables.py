@@ -77,8 +77,10 @@ circuits = Table(
     Column("half_open_probes", Integer, nullable=False),
     Column("last_failure_at", UTCDateTime, nullable=True),
     Column("half_open_since", UTCDateTime, nullable=True),
-    # Bumped on every write. Nothing reads it yet: it is the generation number that
-    # compare-and-set writes and permit fencing will check.
+    Column("open_until", UTCDateTime, nullable=True),
+    # Bumped on every state change: permits are fenced by it.
+    Column("generation", BigInteger, nullable=False, server_default="0"),
+    # Bumped on every write: optimistic writes land only on the version they read.
     Column("version", BigInteger, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     CheckConstraint(f"state IN ({_STATE_VALUES})", name="state"),

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -204,3 +204,71 @@ def _start(url: str) -> str:
 
 def test_processes_starting_at_once_on_an_empty_database_all_come_up(db_url: str) -> None:
     assert run_in_processes(_start, 4, db_url) == ["closed"] * 4
+
+
+def test_a_database_made_by_revision_0002_upgrades_with_its_data_intact(tmp_path: Path) -> None:
+    """tests/data/v0002.sqlite was written by the library at revision 0002 (see its commit)."""
+    path = tmp_path / "old.sqlite"
+    shutil.copy(REPO / "tests" / "data" / "v0002.sqlite", path)
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        before_rows = connection.execute(
+            sa.text("SELECT * FROM durable_breaker_circuit ORDER BY key")
+        ).all()
+        before_trail = connection.execute(
+            sa.text("SELECT * FROM durable_breaker_transition ORDER BY id")
+        ).all()
+        assert migrations.current_revision(connection) == "0002_change_notifications"
+    with pytest.raises(SchemaError, match="migrate"):
+        CircuitBreaker(url)
+    assert migrations.upgrade(engine) == ("0002_change_notifications", migrations.head())
+    with engine.connect() as connection:
+        after_rows = connection.execute(
+            sa.text("SELECT * FROM durable_breaker_circuit ORDER BY key")
+        ).all()
+        after_trail = connection.execute(
+            sa.text("SELECT * FROM durable_breaker_transition ORDER BY id")
+        ).all()
+    engine.dispose()
+    # Every stored value is kept; the new columns start empty (no hold) and at generation 0.
+    assert [tuple(row._mapping[c] for c in before_rows[0]._fields) for row in after_rows] == [
+        tuple(row) for row in before_rows
+    ]
+    assert [(row.open_until, row.generation) for row in after_rows] == [(None, 0)] * 4
+    assert [tuple(row) for row in after_trail] == [tuple(row) for row in before_trail]
+    clock = lambda: 1_700_000_000.0 + 62  # noqa: E731 - the fixture's clock, when it stopped
+    config = CircuitBreakerConfig(failure_threshold=2, cooldown=timedelta(seconds=30))
+    with CircuitBreaker(url, config, clock=clock) as breaker:
+        states = {s.key: (s.state, s.consecutive_failures) for s in breaker.status()}
+        assert states == {
+            "claude": (CircuitState.CLOSED, 1),
+            "gpt-4o": (CircuitState.OPEN, 2),
+            "llama": (CircuitState.CLOSED, 0),
+            "mistral": (CircuitState.HALF_OPEN, 2),
+        }
+        assert [t.reason for t in breaker.history("gpt-4o")] == ["HTTP 503"]
+        assert len(breaker.history("llama")) == 3
+        breaker.force_open("llama")  # the new states are allowed in the upgraded tables
+        breaker.record_failure("mistral")
+        assert breaker.state("mistral") is CircuitState.OPEN
+
+
+def test_downgrade_from_0003_keeps_operator_changes_as_the_nearest_old_state(
+    engine: sa.Engine, db_url: str
+) -> None:
+    migrations.upgrade(engine)
+    with CircuitBreaker(db_url) as breaker:
+        breaker.force_open("held")
+        breaker.disable("off")
+    with engine.begin() as connection:
+        command.downgrade(migrations.alembic_config(connection), "0002_change_notifications")
+    with engine.connect() as connection:
+        states = dict(
+            connection.execute(sa.text("SELECT key, state FROM durable_breaker_circuit")).all()
+        )
+        trail = connection.execute(
+            sa.text("SELECT key, to_state FROM durable_breaker_transition ORDER BY id")
+        ).all()
+    assert states == {"held": "closed", "off": "closed"}
+    assert [tuple(row) for row in trail] == [("held", "open"), ("off", "closed")]

@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,6 +52,7 @@ from ._urls import safe_url
 
 _MAX_LIMIT = 2**63 - 1  # the largest LIMIT every backend accepts
 _log = logging.getLogger("durable_breaker")
+_MAX_GAP = 1000  # `follow` waits for at most this many ids skipped over at once
 P = ParamSpec("P")
 R = TypeVar("R")
 TransitionListener = Callable[[Transition], object]
@@ -624,6 +625,51 @@ class CircuitBreaker:
                 f"limit must be None or an integer from 0 to {_MAX_LIMIT}, got {limit!r}"
             )
         return store.history(key, limit)
+
+    def follow(
+        self,
+        key: str | None = None,
+        *,
+        last: int = 10,
+        poll: timedelta = timedelta(seconds=0.5),
+        stop: threading.Event | None = None,
+    ) -> Iterator[Transition]:
+        """Yield the namespace's (or `key`'s) last `last` transitions, then every new one
+        any process commits, like `tail -f`, checking every `poll` until `stop` is set.
+
+        A transition committed out of id order (concurrent writers on PostgreSQL) may appear
+        up to one poll later than its neighbours; none is skipped unless pruned meanwhile.
+        """
+        store = self._open_store(key)
+        if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+            raise InvalidArgumentError(f"last must be an integer >= 0, got {last!r}")
+        if not isinstance(poll, timedelta) or poll <= timedelta(0):
+            raise InvalidArgumentError(f"poll must be a positive datetime.timedelta, got {poll!r}")
+        stop = stop or threading.Event()
+        # The last `last` of the namespace (or key): read back far enough to find them.
+        backlog, ids = store.transitions_after(None, max(1000, last * 10))
+        shown = [t for t in backlog if key is None or t.key == key]
+        yield from shown[len(shown) - last :] if last else ()
+        seen = max(ids, default=0)
+        # Ids are handed out before commit, so on PostgreSQL a lower id can become visible
+        # after a higher one: an id skipped over stays wanted, and asked for, for a while.
+        wanted: dict[int, float] = {}
+        expiry_s = 10 * self._config.store_timeout.total_seconds()
+        while not stop.wait(poll.total_seconds()):
+            found, ids = store.transitions_after(seen, 1000, also=wanted)
+            for number in ids:
+                if number > seen:
+                    if number - seen <= _MAX_GAP:  # (a longer jump: a sequence reset)
+                        for gap in range(seen + 1, number):
+                            wanted[gap] = time.monotonic()
+                    seen = number
+                wanted.pop(number, None)
+            for transition in found:
+                if key is None or transition.key == key:
+                    yield transition
+            expired = time.monotonic() - expiry_s
+            for gap in [gap for gap, since in wanted.items() if since < expired]:
+                del wanted[gap]  # a write that rolled back: its id will never appear
 
     def status(self) -> list[KeyStatus]:
         """Every stored key of this namespace with its state, ordered by key."""

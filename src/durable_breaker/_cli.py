@@ -1,4 +1,5 @@
-"""The `durable-breaker` command line: migrate, status, history, reset, prune, diagram, demo."""
+"""The `durable-breaker` command line: migrate, status, history, reset, open, disable, prune,
+diagram, demo."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def _transition_dict(t: Transition) -> dict[str, object]:
 
 def _transition_line(t: Transition) -> str:
     return (
-        f"{t.at:%Y-%m-%d %H:%M:%S.%f}Z  {t.from_state.value:>9} -> {t.to_state.value:<9}  "
-        f"{t.trigger:<7}  failures={t.consecutive_failures:<3} {t.actor}  {t.reason or ''}"
+        f"{t.at:%Y-%m-%d %H:%M:%S.%f}Z  {t.from_state.value:>11} -> {t.to_state.value:<11}  "
+        f"{t.trigger:<10}  failures={t.consecutive_failures:<3} {t.actor}  {t.reason or ''}"
     )
 
 
@@ -91,6 +92,7 @@ def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
                     "consecutive_failures": s.consecutive_failures,
                     "since": _iso(s.since),
                     "retry_after": s.retry_after,
+                    "open_until": _iso(s.open_until),
                 }
                 for s in rows
             ],
@@ -102,22 +104,34 @@ def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     if not rows:
         print(f"no keys stored in namespace {args.namespace!r}", file=out)
         return 0
-    print(f"{'KEY':<24} {'STATE':<9} {'FAILURES':>8}  {'SINCE':<27} RETRY-AFTER", file=out)
+    print(f"{'KEY':<24} {'STATE':<11} {'FAILURES':>8}  {'SINCE':<27} RETRY-AFTER", file=out)
     for s in rows:
         since = "-" if s.since is None else f"{s.since:%Y-%m-%d %H:%M:%S.%f}Z"
-        retry = (
-            "-"
-            if s.retry_after is None or s.state is CircuitState.CLOSED
-            else (f"{s.retry_after:.1f}s")
-        )
+        if s.state is CircuitState.FORCED_OPEN and s.retry_after is None:
+            retry = "until reset"
+        elif s.retry_after is None or s.state in (CircuitState.CLOSED, CircuitState.DISABLED):
+            retry = "-"
+        else:
+            retry = f"{s.retry_after:.1f}s"
         print(
-            f"{s.key:<24} {s.state.value:<9} {s.consecutive_failures:>8}  {since:<27} {retry}",
+            f"{s.key:<24} {s.state.value:<11} {s.consecutive_failures:>8}  {since:<27} {retry}",
             file=out,
         )
     return 0
 
 
 def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
+    if args.follow:
+        with _open(args) as breaker:
+            last = 10 if args.limit is None else args.limit
+            for t in breaker.follow(args.key, last=last, poll=timedelta(seconds=args.interval)):
+                line = json.dumps(_transition_dict(t)) if args.json else _transition_line(t)
+                if args.key is None:
+                    line = line if args.json else f"{t.key}: {line}"
+                print(line, file=out, flush=True)
+        return 0
+    if args.key is None:
+        raise InvalidArgumentError("history needs a KEY (or --follow to tail every key)")
     with _open(args) as breaker:
         rows = breaker.history(args.key, args.limit)
         if not rows and args.key not in {s.key for s in breaker.status()}:
@@ -141,6 +155,30 @@ def _cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args) as breaker:
         done = breaker.reset(args.key, reason=args.reason)
     print(f"reset {args.key!r}: {_transition_line(done)}", file=out)
+    return 0
+
+
+def _cmd_open(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.yes:
+        raise InvalidArgumentError(
+            f"open blocks every call to {args.key!r} in every process; add --yes to confirm"
+        )
+    until = None if args.for_ is None else datetime.now(UTC) + args.for_
+    with _open(args) as breaker:
+        done = breaker.force_open(args.key, until, reason=args.reason)
+    held = "until reset" if until is None else f"until {until:%Y-%m-%d %H:%M:%S}Z"
+    print(f"forced {args.key!r} open {held}: {_transition_line(done)}", file=out)
+    return 0
+
+
+def _cmd_disable(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.yes:
+        raise InvalidArgumentError(
+            f"disable admits every call to {args.key!r} in every process; add --yes to confirm"
+        )
+    with _open(args) as breaker:
+        done = breaker.disable(args.key, reason=args.reason)
+    print(f"disabled {args.key!r} until reset: {_transition_line(done)}", file=out)
     return 0
 
 
@@ -303,9 +341,32 @@ def _parser() -> argparse.ArgumentParser:
         help="default: %(default)s",
     )
     history = commands.add_parser("history", help="a key's transitions, oldest first")
-    history.add_argument("key")
+    history.add_argument("key", nargs="?", help="the key (optional with --follow: every key)")
     history.add_argument("--limit", type=int, default=None, help="only the last N")
-    history.add_argument("--json", action="store_true")
+    history.add_argument("--json", action="store_true", help="one JSON object per line with -f")
+    history.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="after the last N (default 10), print new transitions of every process as they "
+        "are committed, until interrupted",
+    )
+    history.add_argument(
+        "--interval", type=_seconds, default=0.5, metavar="SECONDS", help="poll (%(default)s)"
+    )
+    force = commands.add_parser(
+        "open", help="hold a key's circuit open until reset, or for a time (audited)"
+    )
+    force.add_argument("key")
+    force.add_argument("--for", dest="for_", type=_age, metavar="AGE", help="e.g. 15m")
+    force.add_argument("--yes", action="store_true", help="confirm")
+    force.add_argument("--reason", default=None)
+    disable = commands.add_parser(
+        "disable", help="admit every call to a key until reset; outcomes still counted (audited)"
+    )
+    disable.add_argument("key")
+    disable.add_argument("--yes", action="store_true", help="confirm")
+    disable.add_argument("--reason", default=None)
     reset = commands.add_parser("reset", help="force a key's circuit closed (audited)")
     reset.add_argument("key")
     reset.add_argument("--yes", action="store_true", help="confirm")
@@ -327,6 +388,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "status": _cmd_status,
     "history": _cmd_history,
     "reset": _cmd_reset,
+    "open": _cmd_open,
+    "disable": _cmd_disable,
     "prune": _cmd_prune,
     "diagram": _cmd_diagram,
     "demo": _cmd_demo,

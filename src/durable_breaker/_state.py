@@ -45,3 +45,4 @@ class Transition:
     consecutive_failures: int
     reason: str | None
     actor: str
+    id: int | None = None  # its row in the audit table (ascending); None if not read back

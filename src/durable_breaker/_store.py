@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, exc, exists, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    delete,
+    exc,
+    exists,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 
 from ._config import CircuitBreakerConfig
@@ -54,6 +65,7 @@ def _transition(row: Any) -> Transition:
         consecutive_failures=row.consecutive_failures,
         reason=row.reason,
         actor=row.actor,
+        id=row.id,
     )
 
 
@@ -332,6 +344,34 @@ class SqlStore:
 
         rows = with_retries(self.engine, "read history", self.timeout_s, read)
         return [_transition(row) for row in reversed(rows)]
+
+    def transitions_after(
+        self, after: int | None, limit: int, also: Collection[int] = ()
+    ) -> tuple[list[Transition], list[int]]:
+        """Up to `limit` audit rows of any namespace with an id above `after` (the last
+        `limit` when None), plus those whose id is in `also`: this namespace's as
+        transitions, in id order, and the ids of all of them."""
+        if after is None:
+            query = select(transitions).order_by(transitions.c.id.desc()).limit(limit)
+        else:
+            newer = transitions.c.id > after
+            query = (
+                select(transitions)
+                .where(or_(newer, transitions.c.id.in_(list(also))) if also else newer)
+                .order_by(transitions.c.id)
+                .limit(limit + len(also))
+            )
+
+        def read() -> Any:
+            with self._reader.connect() as connection:
+                return connection.execute(query).all()
+
+        rows = sorted(
+            with_retries(self.engine, "read the audit trail", self.timeout_s, read),
+            key=lambda row: row.id,
+        )
+        ours = [_transition(row) for row in rows if row.namespace == self.namespace]
+        return ours, [row.id for row in rows]
 
     def prune(self, before: datetime, batch_size: int) -> int:
         """Delete the namespace's transitions older than `before`, except each key's latest.

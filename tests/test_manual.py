@@ -90,6 +90,8 @@ def test_manual_changes_are_seen_by_another_breaker(make_breaker: BreakerFactory
 def test_force_open_refuses_a_naive_until(make_breaker: BreakerFactory) -> None:
     breaker = make_breaker(CONFIG)
     with pytest.raises(InvalidArgumentError, match="timezone-aware"):
+        breaker.force_open("k", timedelta(seconds=-1))
+    with pytest.raises(InvalidArgumentError, match="timezone-aware"):
         breaker.force_open("k", datetime(2030, 1, 1))  # noqa: DTZ001 - the point of the test
     assert breaker.status() == []
 
@@ -102,6 +104,8 @@ def test_cli_open_disable_reset_and_status(db_url: str) -> None:
     assert code == 0 and "forced 'gpt-4o' open until reset" in out
     code, out, _ = cli("--url", db_url, "open", "claude", "--for", "15m", "--yes")
     assert code == 0 and "open until 20" in out
+    with pytest.raises(SystemExit):  # argparse: usage and the message on stderr
+        cli("--url", db_url, "open", "claude", "--for", "soon", "--yes")
     code, out, _ = cli("--url", db_url, "disable", "mistral", "--yes")
     assert code == 0 and "disabled 'mistral'" in out
     code, out, _ = cli("--url", db_url, "status")

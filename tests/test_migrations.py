@@ -264,7 +264,7 @@ def test_downgrade_from_0003_keeps_operator_changes_as_the_nearest_old_state(
     with engine.begin() as connection:
         command.downgrade(migrations.alembic_config(connection), "0002_change_notifications")
     with engine.connect() as connection:
-        states = dict(
+        states: dict[str, str] = dict(
             connection.execute(sa.text("SELECT key, state FROM durable_breaker_circuit")).all()
         )
         trail = connection.execute(

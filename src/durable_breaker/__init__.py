@@ -1,6 +1,7 @@
 """durable-breaker: a durable, shared, audited per-key circuit breaker on SQLite or PostgreSQL."""
 
 from ._breaker import CircuitBreaker, KeyStatus
+from ._classify import is_llm_failure
 from ._config import CircuitBreakerConfig
 from ._errors import (
     CircuitOpenError,
@@ -11,9 +12,11 @@ from ._errors import (
     StoreUnavailableError,
     UnknownKeyError,
 )
+from ._permit import AsyncPermit, Permit
 from ._state import CircuitState, Transition
 
 __all__ = [
+    "AsyncPermit",
     "CircuitBreaker",
     "CircuitBreakerConfig",
     "CircuitOpenError",
@@ -21,9 +24,11 @@ __all__ = [
     "DurableBreakerError",
     "InvalidArgumentError",
     "KeyStatus",
+    "Permit",
     "SchemaError",
     "StoreError",
     "StoreUnavailableError",
     "Transition",
     "UnknownKeyError",
+    "is_llm_failure",
 ]

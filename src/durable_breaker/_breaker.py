@@ -501,13 +501,13 @@ class CircuitBreaker:
                 and generation in (None, answer.circuit.generation)
             ):
                 return  # cached as Closed and clean: any change since would have dropped it
-            seen = getattr(self._seen_here, "last", None)
+            # Not for a permit: only a read tells whether its result is late (to audit it).
+            seen = None if generation is not None else getattr(self._seen_here, "last", None)
             if (
                 seen is not None
                 and seen.checked
                 and seen.key == key
                 and seen.epoch == self._write_epoch
-                and generation in (None, seen.circuit.generation)
                 and not decide(seen.circuit, Trigger.SUCCESS, seen.now, self._config).needs_write
             ):
                 return
@@ -542,16 +542,18 @@ class CircuitBreaker:
         return self._manual(key, Trigger.RESET, reason or "manual reset", must_exist=True)
 
     def force_open(
-        self, key: str, until: datetime | None = None, *, reason: str | None = None
+        self, key: str, until: datetime | timedelta | None = None, *, reason: str | None = None
     ) -> Transition:
         """Hold `key`'s circuit open, whatever successes are reported, until `until` (an
-        aware datetime; then it probes as after a cooldown) or, if None, until a `reset`."""
-        if until is not None and not (isinstance(until, datetime) and until.tzinfo is not None):
-            raise InvalidArgumentError(
-                f"until must be None or a timezone-aware datetime, got {until!r}"
-            )
-        if until is not None:
+        aware datetime, or a timedelta from now; then it probes as after a cooldown) or, if
+        None, until a `reset`."""
+        if isinstance(until, datetime) and until.tzinfo is not None:
             until = until.astimezone(UTC)
+        elif not (until is None or (isinstance(until, timedelta) and until > timedelta(0))):
+            raise InvalidArgumentError(
+                "until must be None, a timezone-aware datetime or a positive timedelta, "
+                f"got {until!r}"
+            )
         return self._manual(key, Trigger.FORCE_OPEN, reason or "forced open", hold=until)
 
     def disable(self, key: str, *, reason: str | None = None) -> Transition:
@@ -652,24 +654,25 @@ class CircuitBreaker:
         yield from shown[len(shown) - last :] if last else ()
         seen = max(ids, default=0)
         # Ids are handed out before commit, so on PostgreSQL a lower id can become visible
-        # after a higher one: an id skipped over stays wanted, and asked for, for a while.
-        wanted: dict[int, float] = {}
-        expiry_s = 10 * self._config.store_timeout.total_seconds()
+        # after a higher one: an id skipped over stays wanted, and asked for, for as many
+        # polls as span ten store timeouts (a write that rolled back never shows up).
+        wanted: dict[int, int] = {}  # id -> the poll it was skipped at
+        patience = max(1, round(10 * self._config.store_timeout / poll))
+        polls = 0
         while not stop.wait(poll.total_seconds()):
+            polls += 1
             found, ids = store.transitions_after(seen, 1000, also=wanted)
             for number in ids:
                 if number > seen:
                     if number - seen <= _MAX_GAP:  # (a longer jump: a sequence reset)
-                        for gap in range(seen + 1, number):
-                            wanted[gap] = time.monotonic()
+                        wanted.update(dict.fromkeys(range(seen + 1, number), polls))
                     seen = number
                 wanted.pop(number, None)
             for transition in found:
                 if key is None or transition.key == key:
                     yield transition
-            expired = time.monotonic() - expiry_s
-            for gap in [gap for gap, since in wanted.items() if since < expired]:
-                del wanted[gap]  # a write that rolled back: its id will never appear
+            for gap in [gap for gap, skipped in wanted.items() if polls - skipped > patience]:
+                del wanted[gap]
 
     def status(self) -> list[KeyStatus]:
         """Every stored key of this namespace with its state, ordered by key."""

@@ -163,10 +163,9 @@ def _cmd_open(args: argparse.Namespace, out: TextIO) -> int:
         raise InvalidArgumentError(
             f"open blocks every call to {args.key!r} in every process; add --yes to confirm"
         )
-    until = None if args.for_ is None else datetime.now(UTC) + args.for_
     with _open(args) as breaker:
-        done = breaker.force_open(args.key, until, reason=args.reason)
-    held = "until reset" if until is None else f"until {until:%Y-%m-%d %H:%M:%S}Z"
+        done = breaker.force_open(args.key, args.for_, reason=args.reason)
+    held = "until reset" if args.for_ is None else f"until {done.at + args.for_:%Y-%m-%d %H:%M:%S}Z"
     print(f"forced {args.key!r} open {held}: {_transition_line(done)}", file=out)
     return 0
 

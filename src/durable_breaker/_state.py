@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -45,4 +45,5 @@ class Transition:
     consecutive_failures: int
     reason: str | None
     actor: str
-    id: int | None = None  # its row in the audit table (ascending); None if not read back
+    # Its row in the audit table (ascending), when read back; not part of what it says.
+    id: int | None = field(default=None, compare=False)

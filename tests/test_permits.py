@@ -1,0 +1,253 @@
+"""Guarded calls, permits and their fencing, Retry-After, and transition callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from durable_breaker import (
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+    InvalidArgumentError,
+    Transition,
+)
+
+from .conftest import BreakerFactory, FakeClock
+
+CONFIG = CircuitBreakerConfig(failure_threshold=2, cooldown=timedelta(seconds=10))
+
+
+class HTTPError(Exception):
+    """Shaped like an openai/anthropic status error."""
+
+    def __init__(self, status_code: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+        self.headers = headers or {}
+
+
+def _trip(breaker: Any, key: str = "k") -> None:
+    breaker.record_failure(key)
+    breaker.record_failure(key)
+
+
+def test_guard_records_success_and_counted_failures(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker(CONFIG)
+    with breaker.guard("k"):
+        pass
+    for _ in range(2):
+        with pytest.raises(HTTPError), breaker.guard("k"):
+            raise HTTPError(503)
+    assert breaker.state("k") is CircuitState.OPEN
+    assert breaker.history("k")[-1].reason == "HTTPError: HTTP 503"
+    with pytest.raises(CircuitOpenError), breaker.guard("k"):
+        pytest.fail("a guarded block never runs on an open circuit")
+
+
+def test_guard_does_not_count_errors_the_classifier_ignores(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker(CONFIG)
+    for error in (HTTPError(400), HTTPError(401), KeyboardInterrupt()):
+        for _ in range(3):
+            with pytest.raises(type(error)), breaker.guard("k"):
+                raise error
+    assert breaker.status() == [] or breaker.status()[0].consecutive_failures == 0
+
+
+def test_a_custom_is_failure_decides_what_counts(make_breaker: BreakerFactory) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, is_failure=lambda e: isinstance(e, OSError))
+    breaker = make_breaker(config)
+    with pytest.raises(ValueError), breaker.guard("k"):
+        raise ValueError("not counted")
+    assert breaker.state("k") is CircuitState.CLOSED
+    with pytest.raises(OSError), breaker.guard("k"):
+        raise OSError("counted")
+    assert breaker.state("k") is CircuitState.OPEN
+
+
+def test_an_abandoned_half_open_probe_frees_its_slot_at_once(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    breaker = make_breaker(CONFIG)
+    _trip(breaker)
+    clock.advance(10)
+    with pytest.raises(KeyboardInterrupt), breaker.guard("k"):
+        raise KeyboardInterrupt
+    permit = breaker.acquire("k")  # the slot came back: no probe_timeout wait
+    permit.succeeded()
+    assert breaker.state("k") is CircuitState.CLOSED
+
+
+def test_a_late_success_does_not_close_a_newer_open_circuit(make_breaker: BreakerFactory) -> None:
+    breaker, other = make_breaker(CONFIG), make_breaker(CONFIG)
+    slow = breaker.acquire("k")  # admitted while Closed
+    _trip(other)  # meanwhile the circuit trips: a new generation
+    slow.succeeded()
+    assert breaker.state("k") is CircuitState.OPEN
+    last = breaker.history("k")[-1]
+    assert (last.trigger, last.from_state, last.to_state) == ("success", "open", "open")
+    assert last.reason is not None and last.reason.startswith("late result")
+    breaker.record_success("k")  # the plain call keeps the seed's semantics
+    assert breaker.state("k") is CircuitState.CLOSED
+
+
+def test_a_late_failure_does_not_reopen_a_newer_closed_circuit(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    breaker = make_breaker(CONFIG)
+    _trip(breaker)
+    clock.advance(10)
+    probe = breaker.acquire("k")
+    breaker.reset("k")  # an operator closed it while the probe ran
+    probe.failed(reason="timed out")
+    [status] = breaker.status()
+    assert (status.state, status.consecutive_failures) == (CircuitState.CLOSED, 0)
+    assert breaker.history("k")[-1].reason.endswith("; timed out")  # type: ignore[union-attr]
+
+
+def test_a_permit_takes_exactly_one_outcome(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker(CONFIG)
+    permit = breaker.acquire("k")
+    permit.failed()
+    with pytest.raises(InvalidArgumentError, match="already settled"):
+        permit.succeeded()
+    with pytest.raises(InvalidArgumentError, match="already settled"):
+        permit.abandoned()
+    assert breaker.status()[0].consecutive_failures == 1
+
+
+def test_retry_after_holds_a_trip_open_and_is_reported(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    breaker = make_breaker(CONFIG)
+    for _ in range(2):
+        with pytest.raises(HTTPError), breaker.guard("k"):
+            raise HTTPError(429, {"Retry-After": "120"})
+    clock.advance(10)  # the cooldown has passed, the Retry-After has not
+    with pytest.raises(CircuitOpenError) as raised:
+        breaker.check("k")
+    assert raised.value.retry_after == pytest.approx(110)
+    clock.advance(110)
+    breaker.check("k")
+    assert breaker.state("k") is CircuitState.HALF_OPEN
+
+
+def test_retry_after_is_capped_by_max_retry_after(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, max_retry_after=timedelta(seconds=60))
+    breaker = make_breaker(config)
+    breaker.record_failure("k", retry_after=timedelta(days=30))
+    with pytest.raises(CircuitOpenError) as raised:
+        breaker.check("k")
+    assert raised.value.retry_after == pytest.approx(60)
+
+
+def test_protect_guards_sync_functions_with_a_key_from_the_arguments(
+    make_breaker: BreakerFactory,
+) -> None:
+    breaker = make_breaker(CONFIG)
+
+    @breaker.protect(key=lambda prompt, *, model: model)
+    def complete(prompt: str, *, model: str) -> str:
+        if model == "bad":
+            raise TimeoutError("no answer")
+        return prompt.upper()
+
+    assert complete.__name__ == "complete"
+    assert complete("hi", model="good") == "HI"
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            complete("hi", model="bad")
+    with pytest.raises(CircuitOpenError):
+        complete("hi", model="bad")
+    assert breaker.state("good") is CircuitState.CLOSED
+
+
+def test_protect_guards_coroutines_and_cancellation_only_abandons(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    breaker = make_breaker(CONFIG)
+
+    @breaker.protect(key="k")
+    async def complete(delay: float) -> str:
+        await asyncio.sleep(delay)
+        return "done"
+
+    async def scenario() -> None:
+        assert await complete(0) == "done"
+        _trip(breaker)
+        clock.advance(10)
+        task = asyncio.create_task(complete(60))  # takes the one probe
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await complete(0) == "done"  # the probe came back and closed it
+
+    asyncio.run(scenario())
+    assert breaker.state("k") is CircuitState.CLOSED
+    assert breaker.status()[0].consecutive_failures == 0
+
+
+def test_guard_async_records_a_counted_failure(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker(CONFIG)
+
+    async def scenario() -> None:
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                async with breaker.guard_async("k"):
+                    raise ConnectionError("reset by peer")
+
+    asyncio.run(scenario())
+    assert breaker.state("k") is CircuitState.OPEN
+
+
+def test_on_transition_is_called_after_commit_and_a_failing_one_is_only_logged(
+    make_breaker: BreakerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = make_breaker(CONFIG, actor="worker-1")
+    seen: list[tuple[Transition, CircuitState]] = []
+
+    @breaker.on_transition
+    def remember(transition: Transition) -> None:
+        # Committed before the callback: a reader sees the new state.
+        seen.append((transition, breaker.state(transition.key)))
+
+    breaker.on_transition(lambda t: 1 / 0)
+    with caplog.at_level(logging.ERROR, logger="durable_breaker"):
+        breaker.record_failure("k")  # counted, no transition
+        breaker.record_failure("k", reason="HTTP 500")
+        breaker.disable("k")
+    assert [(t.to_state, state, t.reason, t.actor) for t, state in seen] == [
+        (CircuitState.OPEN, CircuitState.OPEN, "HTTP 500", "worker-1"),
+        (CircuitState.DISABLED, CircuitState.DISABLED, "disabled", "worker-1"),
+    ]
+    assert caplog.text.count("ZeroDivisionError") == 2
+
+
+def test_follow_yields_the_backlog_then_what_other_breakers_commit(
+    make_breaker: BreakerFactory,
+) -> None:
+    reader, writer = make_breaker(CONFIG), make_breaker(CONFIG)
+    _trip(writer, "old")
+    stop, got = threading.Event(), []
+
+    def tail() -> None:
+        for transition in reader.follow(last=5, poll=timedelta(seconds=0.05), stop=stop):
+            got.append((transition.key, transition.to_state.value))
+            if len(got) == 3:
+                stop.set()
+
+    thread = threading.Thread(target=tail)
+    thread.start()
+    _trip(writer, "new")
+    writer.reset("new")
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert got == [("old", "open"), ("new", "open"), ("new", "closed")]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -103,29 +104,52 @@ def translate_errors(engine: Engine, doing: str) -> Iterator[None]:
         raise _store_error(engine, doing, error, classify(error), 1) from error
 
 
-def with_retries(engine: Engine, doing: str, timeout_s: float, operation: Callable[[], T]) -> T:
-    """Run `operation` (one whole transaction), retrying transient faults with backoff.
+class Attempts:
+    """The retry policy of one operation: how long to wait after each failed attempt.
 
     No retry starts once `timeout_s` has passed since the first attempt began, nor after
     MAX_ATTEMPTS; then, as for any other fault, the error is a StoreError
     (StoreUnavailableError when the database is unreachable, locked or too slow).
     """
-    deadline = time.monotonic() + timeout_s
-    attempt = 0
+
+    def __init__(self, engine: Engine, doing: str, timeout_s: float) -> None:
+        self._engine, self._doing = engine, doing
+        self._deadline = time.monotonic() + timeout_s
+        self._attempt = 1
+
+    def wait_after(self, error: exc.SQLAlchemyError) -> float:
+        """Seconds to wait before the next attempt, or raise the StoreError `error` means."""
+        fault = classify(error)
+        if fault is Fault.TRANSIENT and self._attempt < MAX_ATTEMPTS:
+            invalidated = isinstance(error, exc.DBAPIError) and error.connection_invalidated
+            # Full jitter, so processes that collided do not collide again in step.
+            delay = 0.0 if invalidated else random.uniform(0, _backoff(self._attempt))
+            if time.monotonic() + delay < self._deadline:
+                self._attempt += 1
+                return delay
+        raise _store_error(self._engine, self._doing, error, fault, self._attempt) from error
+
+
+def with_retries(engine: Engine, doing: str, timeout_s: float, operation: Callable[[], T]) -> T:
+    """Run `operation` (one whole transaction), retrying transient faults (see `Attempts`)."""
+    attempts = Attempts(engine, doing, timeout_s)
     while True:
-        attempt += 1
         try:
             return operation()
         except exc.SQLAlchemyError as error:
-            fault = classify(error)
-            if fault is Fault.TRANSIENT and attempt < MAX_ATTEMPTS:
-                invalidated = isinstance(error, exc.DBAPIError) and error.connection_invalidated
-                # Full jitter, so processes that collided do not collide again in step.
-                delay = 0.0 if invalidated else random.uniform(0, _backoff(attempt))
-                if time.monotonic() + delay < deadline:
-                    time.sleep(delay)
-                    continue
-            raise _store_error(engine, doing, error, fault, attempt) from error
+            time.sleep(attempts.wait_after(error))
+
+
+async def with_retries_async(
+    engine: Engine, doing: str, timeout_s: float, operation: Callable[[], Awaitable[T]]
+) -> T:
+    """`with_retries` for a coroutine function."""
+    attempts = Attempts(engine, doing, timeout_s)
+    while True:
+        try:
+            return await operation()
+        except exc.SQLAlchemyError as error:
+            await asyncio.sleep(attempts.wait_after(error))
 
 
 def _backoff(attempt: int) -> float:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Connection,
     Engine,
     bindparam,
     delete,
@@ -31,6 +30,7 @@ from ._state import NEW_CIRCUIT, Circuit, CircuitState, Transition
 from ._tables import circuits, transitions
 from ._urls import safe_url
 
+Statement = tuple[Any, dict[str, Any]]  # an executable and its parameters
 _CIRCUIT_COLUMNS = (
     circuits.c.state,
     circuits.c.consecutive_failures,
@@ -100,6 +100,11 @@ class SqlStore:
             postgresql.insert(circuits).on_conflict_do_nothing().returning(circuits.c.version)
             if engine.dialect.name == "postgresql"
             else insert(circuits)
+        )
+        self._update_circuit = (
+            update(circuits)
+            .where(self._where_ns, circuits.c.key == bindparam("row_key"))
+            .values(version=circuits.c.version + 1)
         )
         # Built once: building a statement per call costs more than the read itself.
         self._select_for_update = (
@@ -211,47 +216,73 @@ class SqlStore:
         generation: int | None = None,
     ) -> tuple[Decision, int | None]:
         """Read, decide and write `key` atomically, with its audit row in the same transaction;
-        return the decision and the row's version after it.
+        return the decision and the row's version after it (see `fire_steps`).
 
-        The time is read once the row is locked, so a call that waited for the lock never
-        writes a time older than the one it waited behind. A transient fault (a busy SQLite
-        file, a PostgreSQL deadlock, a connection lost before commit) reruns the whole
-        transaction.
+        A transient fault (a busy SQLite file, a PostgreSQL deadlock, a connection lost
+        before commit) reruns the whole transaction.
         """
 
         def transaction() -> tuple[Decision, int | None]:
             with write_transaction(self.engine) as connection:
-                while True:
-                    row = connection.execute(self._select_for_update, {"key": key}).first()
-                    if row is None and must_exist:
-                        raise UnknownKeyError(
-                            f"no circuit is stored for key {key!r} in namespace {self.namespace!r}"
-                        )
-                    now = clock()
-                    decision = decide(
-                        NEW_CIRCUIT if row is None else _circuit(row),
-                        trigger,
-                        now,
-                        config,
-                        hold=hold,
-                        generation=generation,
-                    )
-                    if not decision.needs_write:
-                        return decision, None if row is None else row.version
-                    if row is not None:
-                        self._update(connection, key, decision.after, now)
-                        version = row.version + 1
-                        break
-                    if self._insert(connection, key, decision.after, now):
-                        version = 1
-                        break
-                    # Another process stored this key first: read it again, under its lock.
-                audit = self._audit(key, trigger, decision, reason, actor, config)
-                if audit is not None:
-                    connection.execute(insert(transitions), audit)
-                return decision, version
+                steps = self.fire_steps(
+                    key, trigger, clock, config, reason, actor, must_exist, hold, generation
+                )
+                try:
+                    statement = next(steps)
+                    while True:
+                        statement = steps.send(connection.execute(*statement))
+                except StopIteration as done:
+                    result: tuple[Decision, int | None] = done.value
+                    return result
 
         return with_retries(self.engine, "update a circuit", self.timeout_s, transaction)
+
+    def fire_steps(
+        self,
+        key: str,
+        trigger: Trigger,
+        clock: Callable[[], datetime],
+        config: CircuitBreakerConfig,
+        reason: str | None,
+        actor: str,
+        must_exist: bool,
+        hold: Hold,
+        generation: int | None,
+    ) -> Generator[Statement, Any, tuple[Decision, int | None]]:
+        """The statements of one locked read-decide-write, for a sync or an async runner:
+        yields (statement, parameters), is sent each one's Result, returns what `fire` does.
+
+        The time is read once the row is locked, so a call that waited for the lock never
+        writes a time older than the one it waited behind.
+        """
+        while True:
+            row = (yield self._select_for_update, {"key": key}).first()
+            if row is None and must_exist:
+                raise UnknownKeyError(
+                    f"no circuit is stored for key {key!r} in namespace {self.namespace!r}"
+                )
+            now = clock()
+            before = NEW_CIRCUIT if row is None else _circuit(row)
+            decision = decide(before, trigger, now, config, hold=hold, generation=generation)
+            if not decision.needs_write:
+                return decision, None if row is None else row.version
+            values = self._values(decision.after, now)
+            if row is not None:
+                yield self._update_circuit, {**values, "row_key": key}
+                version = row.version + 1
+                break
+            inserted = yield (
+                self._insert_circuit,
+                {**values, "namespace": self.namespace, "key": key, "version": 1},
+            )
+            if not inserted.returns_rows or inserted.first() is not None:
+                version = 1
+                break
+            # Another process stored this key first: read it again, under its lock.
+        audit = self._audit(key, trigger, decision, reason, actor, config)
+        if audit is not None:
+            yield insert(transitions), audit
+        return decision, version
 
     def _audit(
         self,
@@ -276,19 +307,6 @@ class SqlStore:
             "reason": audit_reason(decision, config, reason),
             "actor": actor,
         }
-
-    def _insert(self, connection: Connection, key: str, circuit: Circuit, now: datetime) -> bool:
-        values = {**self._values(circuit, now), "namespace": self.namespace, "key": key}
-        result = connection.execute(self._insert_circuit, {**values, "version": 1})
-        return not result.returns_rows or result.first() is not None
-
-    def _update(self, connection: Connection, key: str, circuit: Circuit, now: datetime) -> None:
-        connection.execute(
-            update(circuits)
-            .where(self._where_ns, circuits.c.key == key)
-            .values(version=circuits.c.version + 1),
-            self._values(circuit, now),
-        )
 
     @staticmethod
     def _values(circuit: Circuit, now: datetime) -> dict[str, object]:

@@ -1,7 +1,8 @@
 """durable-breaker: a durable, shared, audited per-key circuit breaker on SQLite or PostgreSQL."""
 
-from ._breaker import CircuitBreaker, KeyStatus
+from ._breaker import CircuitBreaker
 from ._classify import is_llm_failure
+from ._common import KeyStatus
 from ._config import CircuitBreakerConfig
 from ._errors import (
     CircuitOpenError,

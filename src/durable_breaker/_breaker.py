@@ -6,15 +6,11 @@ import asyncio
 import functools
 import inspect
 import itertools
-import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
@@ -22,7 +18,14 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from ._cache import ReadCache
-from ._classify import retry_after as retry_after_of
+from ._common import (
+    BreakerBase,
+    KeyStatus,
+    check_hold_until,
+    check_name,
+    check_reason,
+    check_retry_after,
+)
 from ._config import CircuitBreakerConfig
 from ._engine import DEFAULT_URL, make_engine, prepare_engine, settle_journal_mode
 from ._errors import (
@@ -32,7 +35,7 @@ from ._errors import (
     StoreUnavailableError,
 )
 from ._faults import translate_errors
-from ._machine import Decision, Hold, Trigger, audit_reason, decide, retry_after
+from ._machine import Decision, Hold, Trigger, decide, retry_after
 from ._migrations import ensure_schema
 from ._outage import OutageTracker
 from ._permit import (
@@ -47,27 +50,13 @@ from ._permit import (
 )
 from ._state import Circuit, CircuitState, Transition
 from ._store import SqlStore
-from ._tables import MAX_ACTOR_LENGTH, MAX_KEY_LENGTH, MAX_NAMESPACE_LENGTH
+from ._tables import MAX_KEY_LENGTH
 from ._urls import safe_url
 
 _MAX_LIMIT = 2**63 - 1  # the largest LIMIT every backend accepts
-_log = logging.getLogger("durable_breaker")
 _MAX_GAP = 1000  # `follow` waits for at most this many ids skipped over at once
 P = ParamSpec("P")
 R = TypeVar("R")
-TransitionListener = Callable[[Transition], object]
-
-
-@dataclass(frozen=True, slots=True)
-class KeyStatus:
-    """One stored key as `status()` reports it."""
-
-    key: str
-    state: CircuitState
-    consecutive_failures: int
-    since: datetime | None  # when it entered its state; None if it never changed state
-    retry_after: float | None  # seconds until a call could be admitted; 0 if now; None if unknown
-    open_until: datetime | None = None  # a hold: Retry-After of a trip, or force_open's until
 
 
 class _Seen(NamedTuple):
@@ -81,36 +70,7 @@ class _Seen(NamedTuple):
     checked: bool  # it was a `check`: a `record_success` may be decided against it
 
 
-def _storable(value: str) -> bool:
-    """Whether every backend can store `value` as text: no NUL, valid UTF-8 (no lone surrogates)."""
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _check_name(what: str, value: object, max_length: int) -> str:
-    if not isinstance(value, str):
-        raise InvalidArgumentError(f"{what} must be a str, got {type(value).__name__}")
-    if not 0 < len(value) <= max_length or not _storable(value):
-        raise InvalidArgumentError(
-            f"{what} must be 1 to {max_length} characters of valid text without NUL, "
-            f"got {value[:40]!r}" + ("..." if len(value) > 40 else "")
-        )
-    return value
-
-
-def _check_reason(reason: object) -> None:
-    if reason is not None and not (isinstance(reason, str) and _storable(reason)):
-        raise InvalidArgumentError(
-            f"reason must be None or valid text without NUL, got {reason!r:.80}"
-        )
-
-
-class CircuitBreaker:
+class CircuitBreaker(BreakerBase):
     """A per-key circuit breaker whose state lives in SQLite or PostgreSQL.
 
     Every operation reads, decides and writes in one transaction, so many threads,
@@ -136,18 +96,7 @@ class CircuitBreaker:
         `cache` (PostgreSQL): answer `check` on Closed keys, and on Open keys before their
         cooldown ends, from memory, kept current by the database's change notifications.
         """
-        self._config = config if config is not None else CircuitBreakerConfig()
-        if not isinstance(self._config, CircuitBreakerConfig):
-            raise InvalidArgumentError(
-                f"config must be a CircuitBreakerConfig, got {type(config).__name__}"
-            )
-        self._namespace = _check_name("namespace", namespace, MAX_NAMESPACE_LENGTH)
-        self._actor = None if actor is None else _check_name("actor", actor, MAX_ACTOR_LENGTH)
-        if not callable(clock):
-            raise InvalidArgumentError(
-                f"clock must be a callable returning POSIX seconds, got {clock!r}"
-            )
-        self._clock = clock
+        super().__init__(config, clock=clock, namespace=namespace, actor=actor)
         timeout_s = self._config.store_timeout.total_seconds()
         self._owns_engine = not isinstance(url, Engine)
         if isinstance(url, Engine):
@@ -181,39 +130,13 @@ class CircuitBreaker:
         self._seen_here = threading.local()
         self._writes = itertools.count(1)
         self._write_epoch = 0
-        self._listeners: list[TransitionListener] = []
-
-    @property
-    def config(self) -> CircuitBreakerConfig:
-        """The settings this breaker decides with."""
-        return self._config
-
-    @property
-    def namespace(self) -> str:
-        """The breaker group this breaker reads and writes."""
-        return self._namespace
-
-    @property
-    def actor(self) -> str:
-        """Who the audit trail names for this breaker's changes (default host:pid)."""
-        # Computed per write, not cached: a forked worker must not reuse its parent's pid.
-        return self._actor or f"{socket.gethostname()}:{os.getpid()}"
-
-    def _now(self) -> datetime:
-        seconds = self._clock()
-        try:
-            return datetime.fromtimestamp(seconds, UTC)
-        except (TypeError, ValueError, OverflowError, OSError) as error:
-            raise InvalidArgumentError(
-                f"the clock returned {seconds!r}; it must return POSIX seconds as a float"
-            ) from error
 
     def _open_store(self, key: str | None = None) -> SqlStore:
         """The store, once the breaker is known to be open and `key` valid."""
         if self._closed:
             raise DurableBreakerError("this CircuitBreaker is closed")
         if key is not None:
-            _check_name("key", key, MAX_KEY_LENGTH)
+            check_name("key", key, MAX_KEY_LENGTH)
         return self._store
 
     def _fire(
@@ -317,36 +240,6 @@ class CircuitBreaker:
             circuit, trigger, self._now(), self._config, hold=hold, generation=generation
         )
         return decision, version
-
-    def _announce(self, key: str, trigger: Trigger, decision: Decision, reason: str | None) -> None:
-        """Tell the listeners about a committed transition; a failing one is only logged."""
-        transition = Transition(
-            key=key,
-            from_state=decision.before.state,
-            to_state=decision.after.state,
-            trigger=trigger.value,
-            at=decision.now,
-            consecutive_failures=decision.after.consecutive_failures,
-            reason=audit_reason(decision, self._config, reason),
-            actor=self.actor,
-        )
-        for listener in list(self._listeners):
-            try:
-                listener(transition)
-            except Exception:
-                _log.exception("on_transition callback %r failed (ignored)", listener)
-
-    def on_transition(self, callback: TransitionListener) -> TransitionListener:
-        """Call `callback(transition)` after each transition this breaker commits.
-
-        It runs in the thread, and the process, that made the change (use `history` or
-        `durable-breaker history --follow` to see every process's); an exception it raises is
-        logged and ignored. Returns `callback`, so that it can be used as a decorator.
-        """
-        if not callable(callback):
-            raise InvalidArgumentError(f"callback must be callable, got {callback!r}")
-        self._listeners.append(callback)
-        return callback
 
     def _unless_unavailable(self, error: StoreUnavailableError) -> None:
         """Drop a record_* the database cannot take, unless on_store_error is "raise"."""
@@ -468,15 +361,14 @@ class CircuitBreaker:
         if trigger is Trigger.SUCCESS:
             self._success(key, fenced)
             return
-        wait = None if error is None else retry_after_of(error, self._now())
-        self._outcome(key, trigger, reason, capped(wait, self._config.max_retry_after), fenced)
+        self._outcome(key, trigger, reason, self._hold_of(error), fenced)
 
     def _outcome(
         self, key: str, trigger: Trigger, reason: str | None, hold: Hold, generation: int | None
     ) -> None:
         """Store a failure or a release; one the database cannot take is dropped, unless
         on_store_error is "raise"."""
-        _check_reason(reason)
+        check_reason(reason)
         try:
             self._fire(key, trigger, reason, hold=hold, generation=generation)
         except StoreUnavailableError as error:
@@ -527,11 +419,7 @@ class CircuitBreaker:
         failure trips the circuit, it stays open at least that long (up to
         `config.max_retry_after`).
         """
-        if retry_after is not None and not isinstance(retry_after, timedelta):
-            raise InvalidArgumentError(
-                f"retry_after must be None or a datetime.timedelta, got {retry_after!r}"
-            )
-        hold = None if retry_after is None or retry_after <= timedelta(0) else retry_after
+        hold = check_retry_after(retry_after)
         self._outcome(
             key, Trigger.FAILURE, reason, capped(hold, self._config.max_retry_after), None
         )
@@ -547,14 +435,8 @@ class CircuitBreaker:
         """Hold `key`'s circuit open, whatever successes are reported, until `until` (an
         aware datetime, or a timedelta from now; then it probes as after a cooldown) or, if
         None, until a `reset`."""
-        if isinstance(until, datetime) and until.tzinfo is not None:
-            until = until.astimezone(UTC)
-        elif not (until is None or (isinstance(until, timedelta) and until > timedelta(0))):
-            raise InvalidArgumentError(
-                "until must be None, a timezone-aware datetime or a positive timedelta, "
-                f"got {until!r}"
-            )
-        return self._manual(key, Trigger.FORCE_OPEN, reason or "forced open", hold=until)
+        hold = check_hold_until(until)
+        return self._manual(key, Trigger.FORCE_OPEN, reason or "forced open", hold=hold)
 
     def disable(self, key: str, *, reason: str | None = None) -> Transition:
         """Switch `key`'s circuit off until a `reset`: every call is admitted, and outcomes
@@ -571,7 +453,7 @@ class CircuitBreaker:
         hold: Hold = None,
     ) -> Transition:
         """An operator's change: written under the lock and audited with the actor."""
-        _check_reason(reason)
+        check_reason(reason)
         store, actor = self._open_store(key), self.actor
         self._write_epoch = next(self._writes)
         if self._cache is not None:
@@ -589,16 +471,7 @@ class CircuitBreaker:
         self._outage.answered(key, decision.after)
         if self._listeners:
             self._announce(key, trigger, decision, reason)
-        return Transition(
-            key=key,
-            from_state=decision.before.state,
-            to_state=decision.after.state,
-            trigger=trigger.value,
-            at=decision.now,
-            consecutive_failures=decision.after.consecutive_failures,
-            reason=reason,
-            actor=actor,
-        )
+        return self._transition(key, trigger, decision, reason)
 
     def is_available(self, key: str) -> bool:
         """Whether `check` would admit a call now; reads only, spends no probe."""
@@ -678,14 +551,7 @@ class CircuitBreaker:
         """Every stored key of this namespace with its state, ordered by key."""
         now = self._now()
         return [
-            KeyStatus(
-                key=stored.key,
-                state=stored.circuit.state,
-                consecutive_failures=stored.circuit.consecutive_failures,
-                since=stored.since,
-                retry_after=retry_after(stored.circuit, now, self._config),
-                open_until=stored.circuit.open_until,
-            )
+            self._key_status(stored.key, stored.circuit, stored.since, now)
             for stored in self._open_store().circuits()
         ]
 

@@ -1,0 +1,188 @@
+"""What both breakers (sync and asyncio) share, none of it I/O: settings, identity, the
+clock, argument checks, transition listeners, and how results are reported."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from ._classify import retry_after as retry_after_of
+from ._config import CircuitBreakerConfig
+from ._errors import InvalidArgumentError
+from ._machine import Decision, Hold, Trigger, audit_reason, retry_after
+from ._permit import capped
+from ._state import Circuit, CircuitState, Transition
+from ._tables import MAX_ACTOR_LENGTH, MAX_NAMESPACE_LENGTH
+
+_log = logging.getLogger("durable_breaker")
+TransitionListener = Callable[[Transition], object]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    """One stored key as `status()` reports it."""
+
+    key: str
+    state: CircuitState
+    consecutive_failures: int
+    since: datetime | None  # when it entered its state; None if it never changed state
+    retry_after: float | None  # seconds until a call could be admitted; 0 if now; None if unknown
+    open_until: datetime | None = None  # a hold: Retry-After of a trip, or force_open's until
+
+
+def storable(value: str) -> bool:
+    """Whether every backend can store `value` as text: no NUL, valid UTF-8 (no lone surrogates)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_name(what: str, value: object, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be a str, got {type(value).__name__}")
+    if not 0 < len(value) <= max_length or not storable(value):
+        raise InvalidArgumentError(
+            f"{what} must be 1 to {max_length} characters of valid text without NUL, "
+            f"got {value[:40]!r}" + ("..." if len(value) > 40 else "")
+        )
+    return value
+
+
+def check_reason(reason: object) -> None:
+    if reason is not None and not (isinstance(reason, str) and storable(reason)):
+        raise InvalidArgumentError(
+            f"reason must be None or valid text without NUL, got {reason!r:.80}"
+        )
+
+
+def check_hold_until(until: object) -> Hold:
+    """`force_open`'s `until`: None, an aware datetime (as UTC), or a positive timedelta."""
+    if isinstance(until, datetime) and until.tzinfo is not None:
+        return until.astimezone(UTC)
+    if until is None or (isinstance(until, timedelta) and until > timedelta(0)):
+        return until
+    raise InvalidArgumentError(
+        f"until must be None, a timezone-aware datetime or a positive timedelta, got {until!r}"
+    )
+
+
+def check_retry_after(retry_after: object) -> timedelta | None:
+    """`record_failure`'s `retry_after`: None or a timedelta (not positive: none)."""
+    if retry_after is not None and not isinstance(retry_after, timedelta):
+        raise InvalidArgumentError(
+            f"retry_after must be None or a datetime.timedelta, got {retry_after!r}"
+        )
+    return None if retry_after is None or retry_after <= timedelta(0) else retry_after
+
+
+class BreakerBase:
+    """Settings, identity, clock and listeners of a breaker."""
+
+    def __init__(
+        self,
+        config: CircuitBreakerConfig | None,
+        *,
+        clock: Callable[[], float],
+        namespace: str,
+        actor: str | None,
+    ) -> None:
+        self._config = config if config is not None else CircuitBreakerConfig()
+        if not isinstance(self._config, CircuitBreakerConfig):
+            raise InvalidArgumentError(
+                f"config must be a CircuitBreakerConfig, got {type(config).__name__}"
+            )
+        self._namespace = check_name("namespace", namespace, MAX_NAMESPACE_LENGTH)
+        self._actor = None if actor is None else check_name("actor", actor, MAX_ACTOR_LENGTH)
+        if not callable(clock):
+            raise InvalidArgumentError(
+                f"clock must be a callable returning POSIX seconds, got {clock!r}"
+            )
+        self._clock = clock
+        self._listeners: list[TransitionListener] = []
+
+    @property
+    def config(self) -> CircuitBreakerConfig:
+        """The settings this breaker decides with."""
+        return self._config
+
+    @property
+    def namespace(self) -> str:
+        """The breaker group this breaker reads and writes."""
+        return self._namespace
+
+    @property
+    def actor(self) -> str:
+        """Who the audit trail names for this breaker's changes (default host:pid)."""
+        # Computed per write, not cached: a forked worker must not reuse its parent's pid.
+        return self._actor or f"{socket.gethostname()}:{os.getpid()}"
+
+    def _now(self) -> datetime:
+        seconds = self._clock()
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (TypeError, ValueError, OverflowError, OSError) as error:
+            raise InvalidArgumentError(
+                f"the clock returned {seconds!r}; it must return POSIX seconds as a float"
+            ) from error
+
+    def _hold_of(self, error: BaseException | None) -> Hold:
+        """How long a failure from `error` holds a trip open: its Retry-After, capped."""
+        wait = None if error is None else retry_after_of(error, self._now())
+        return capped(wait, self._config.max_retry_after)
+
+    def _transition(
+        self, key: str, trigger: Trigger, decision: Decision, reason: str | None
+    ) -> Transition:
+        """The audited transition `decision` committed."""
+        return Transition(
+            key=key,
+            from_state=decision.before.state,
+            to_state=decision.after.state,
+            trigger=trigger.value,
+            at=decision.now,
+            consecutive_failures=decision.after.consecutive_failures,
+            reason=audit_reason(decision, self._config, reason),
+            actor=self.actor,
+        )
+
+    def _key_status(
+        self, key: str, circuit: Circuit, since: datetime | None, now: datetime
+    ) -> KeyStatus:
+        """How `status` reports a stored key at `now`."""
+        return KeyStatus(
+            key=key,
+            state=circuit.state,
+            consecutive_failures=circuit.consecutive_failures,
+            since=since,
+            retry_after=retry_after(circuit, now, self._config),
+            open_until=circuit.open_until,
+        )
+
+    def _announce(self, key: str, trigger: Trigger, decision: Decision, reason: str | None) -> None:
+        """Tell the listeners about a committed transition; a failing one is only logged."""
+        transition = self._transition(key, trigger, decision, reason)
+        for listener in list(self._listeners):
+            try:
+                listener(transition)
+            except Exception:
+                _log.exception("on_transition callback %r failed (ignored)", listener)
+
+    def on_transition(self, callback: TransitionListener) -> TransitionListener:
+        """Call `callback(transition)` after each transition this breaker commits.
+
+        It runs in the thread, and the process, that made the change (use `history` or
+        `durable-breaker history --follow` to see every process's); an exception it raises is
+        logged and ignored. Returns `callback`, so that it can be used as a decorator.
+        """
+        if not callable(callback):
+            raise InvalidArgumentError(f"callback must be callable, got {callback!r}")
+        self._listeners.append(callback)
+        return callback

@@ -1,5 +1,6 @@
 """durable-breaker: a durable, shared, audited per-key circuit breaker on SQLite or PostgreSQL."""
 
+from ._async import AsyncCircuitBreaker
 from ._breaker import CircuitBreaker
 from ._classify import is_llm_failure
 from ._common import KeyStatus
@@ -17,6 +18,7 @@ from ._permit import AsyncPermit, Permit
 from ._state import CircuitState, Transition
 
 __all__ = [
+    "AsyncCircuitBreaker",
     "AsyncPermit",
     "CircuitBreaker",
     "CircuitBreakerConfig",

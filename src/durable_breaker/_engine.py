@@ -8,9 +8,9 @@ import math
 import os
 import sqlite3
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL
@@ -18,6 +18,9 @@ from sqlalchemy.engine import URL
 from ._errors import InvalidArgumentError, StoreUnavailableError
 from ._urls import parse_url, safe_url
 from ._watchdog import StallWatchdog
+
+if TYPE_CHECKING:  # imported when used: the asyncio extension is an optional extra
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 DEFAULT_URL = "sqlite:///durable_breaker.db"
 DEFAULT_TIMEOUT_S = 5.0  # CircuitBreakerConfig.store_timeout's default
@@ -86,11 +89,7 @@ def make_engine(url: str | URL, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
         # A stalled process must not hold a row lock for ever: bound its waits and its idling.
         bounds = [
             f"SET LOCAL {setting} = {timeout_ms}"
-            for setting in (
-                "lock_timeout",
-                "statement_timeout",
-                "idle_in_transaction_session_timeout",
-            )
+            for setting in _BOUNDED_WAITS
             if setting not in options
         ]
         if bounds:
@@ -214,4 +213,94 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             raise StoreUnavailableError(
                 f"lost the connection to {safe_url(engine)} while committing; the change "
                 "may or may not have been stored"
+            ) from error
+
+
+def make_async_engine(url: str | URL, timeout_s: float = DEFAULT_TIMEOUT_S) -> AsyncEngine:
+    """An asyncio engine for `url` (aiosqlite for SQLite, psycopg's async mode for
+    PostgreSQL), with the same bounded waits and write locking as `make_engine`'s."""
+    parsed = parse_url(url)
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "sqlite" and driver in ("pysqlite", "aiosqlite"):
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif backend == "postgresql" and driver in ("psycopg", "psycopg_async", "psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")  # picks psycopg's async mode
+    else:
+        raise InvalidArgumentError(
+            f"AsyncCircuitBreaker supports sqlite:// and postgresql:// URLs, not {safe_url(url)}"
+        )
+    timeout_ms = max(1, round(timeout_s * 1000))
+    connect_args: dict[str, Any] = {}
+    if backend == "sqlite":
+        connect_args["timeout"] = float(parsed.query.get("timeout", timeout_s))  # type: ignore[arg-type]
+    else:
+        for name, value in (
+            ("connect_timeout", max(2, math.ceil(timeout_s))),
+            ("tcp_user_timeout", timeout_ms),
+        ):
+            if name not in parsed.query:
+                connect_args[name] = value
+    try:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(parsed, connect_args=connect_args, pool_timeout=timeout_s)
+    except ImportError as error:
+        raise InvalidArgumentError(
+            "AsyncCircuitBreaker needs its extra: pip install 'durable-breaker[asyncio]' "
+            f"(and [postgres] for PostgreSQL): {error}"
+        ) from error
+    sync_engine = engine.sync_engine
+    if backend == "sqlite":
+        event.listen(sync_engine, "connect", _aiosqlite_on_connect)
+        event.listen(sync_engine, "begin", _aiosqlite_on_begin)
+    else:
+        options = str(parsed.query.get("options", ""))
+        bounds = [
+            f"SET LOCAL {setting} = {timeout_ms}"
+            for setting in _BOUNDED_WAITS
+            if setting not in options
+        ]
+        if bounds:
+            event.listen(
+                sync_engine, "begin", functools.partial(_postgres_on_begin, "; ".join(bounds))
+            )
+    return engine
+
+
+def _aiosqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # The sqlite3 module must not open transactions itself: ours begin IMMEDIATE (below),
+    # and reads run in autocommit. (SQLAlchemy's documented recipe for aiosqlite.) WAL mode
+    # is a property of the file, set by the breaker's start-up on a sync connection.
+    dbapi_connection.isolation_level = None
+
+
+def _aiosqlite_on_begin(connection: Connection) -> None:
+    if connection.get_execution_options().get(_IMMEDIATE):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.exec_driver_sql("BEGIN")
+
+
+@asynccontextmanager
+async def write_transaction_async(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """`write_transaction` for an asyncio engine."""
+    async with engine.connect() as connection:
+        options: dict[str, Any] = {_IMMEDIATE: True}
+        if engine.dialect.name == "postgresql":
+            options["isolation_level"] = "READ COMMITTED"
+        await connection.execution_options(**options)
+        transaction = await connection.begin()
+        try:
+            yield connection
+        except BaseException:
+            await transaction.rollback()
+            raise
+        try:
+            await transaction.commit()
+        except exc.DBAPIError as error:
+            if not (error.connection_invalidated and engine.dialect.name == "postgresql"):
+                raise
+            raise StoreUnavailableError(
+                f"lost the connection to {safe_url(engine.sync_engine)} while committing; the "
+                "change may or may not have been stored"
             ) from error

@@ -43,7 +43,7 @@ _CIRCUIT_COLUMNS = (
 
 
 # Rows are typed Any: Row's type parameters differ between SQLAlchemy 2.0 and 2.1.
-def _circuit(row: Any) -> Circuit:
+def circuit_of(row: Any) -> Circuit:
     return Circuit(
         state=CircuitState(row.state),
         consecutive_failures=row.consecutive_failures,
@@ -55,7 +55,7 @@ def _circuit(row: Any) -> Circuit:
     )
 
 
-def _transition(row: Any) -> Transition:
+def transition_of(row: Any) -> Transition:
     return Transition(
         key=row.key,
         from_state=CircuitState(row.from_state),
@@ -69,6 +69,11 @@ def _transition(row: Any) -> Transition:
     )
 
 
+def stored_circuits(rows: Any) -> list[StoredCircuit]:
+    """The rows of `Statements.circuits_query` as stored circuits."""
+    return [StoredCircuit(row.key, circuit_of(row), row.at) for row in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredCircuit:
     """A stored key with its circuit, and when it entered its state (None: never changed)."""
@@ -78,27 +83,18 @@ class StoredCircuit:
     since: datetime | None
 
 
-class SqlStore:
-    """The circuits of one namespace in one SQLite or PostgreSQL database."""
+class Statements:
+    """The SQL of one namespace's operations, and the decisions between them; no I/O, so
+    that the sync store and the asyncio one run the very same statements."""
 
-    def __init__(self, engine: Engine, namespace: str, timeout_s: float) -> None:
-        self.engine = engine
+    def __init__(self, dialect: str, namespace: str) -> None:
         self.namespace = namespace
-        self.timeout_s = timeout_s  # how long transient faults are retried
-        # Reads are single statements: autocommit spares PostgreSQL a BEGIN and a ROLLBACK
-        # round trip and still sees everything committed before it. (pysqlite never opens
-        # a transaction for a SELECT, so SQLite needs nothing.)
-        self._reader = (
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-            if engine.dialect.name == "postgresql"
-            else engine
-        )
         self._where_ns = circuits.c.namespace == namespace
         # SQLite's BEGIN IMMEDIATE serialises writers, so a plain INSERT cannot collide. On
         # PostgreSQL a concurrent first write of the same key can: then `fire` re-reads and retries.
         self._insert_circuit = (
             postgresql.insert(circuits).on_conflict_do_nothing().returning(circuits.c.version)
-            if engine.dialect.name == "postgresql"
+            if dialect == "postgresql"
             else insert(circuits)
         )
         self._update_circuit = (
@@ -107,10 +103,135 @@ class SqlStore:
             .values(version=circuits.c.version + 1)
         )
         # Built once: building a statement per call costs more than the read itself.
-        self._select_for_update = (
-            select(*_CIRCUIT_COLUMNS, circuits.c.version)
-            .where(self._where_ns, circuits.c.key == bindparam("key"))
-            .with_for_update()
+        self.select_circuit = select(*_CIRCUIT_COLUMNS, circuits.c.version).where(
+            self._where_ns, circuits.c.key == bindparam("key")
+        )
+        self._select_for_update = self.select_circuit.with_for_update()
+        # The latest transition of each key, through the (namespace, key, id) index.
+        since = (
+            select(transitions.c.at)
+            .where(
+                transitions.c.namespace == circuits.c.namespace,
+                transitions.c.key == circuits.c.key,
+            )
+            .order_by(transitions.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        self.circuits_query = (
+            select(circuits.c.key, *_CIRCUIT_COLUMNS, since.label("at"))
+            .where(self._where_ns)
+            .order_by(circuits.c.key)
+        )
+
+    def history_query(self, key: str, limit: int | None) -> Any:
+        """The last `limit` transitions of `key` (all when None), newest first."""
+        return (
+            select(transitions)
+            .where(transitions.c.namespace == self.namespace, transitions.c.key == key)
+            .order_by(transitions.c.id.desc())
+            .limit(limit)
+        )
+
+    def fire_steps(
+        self,
+        key: str,
+        trigger: Trigger,
+        clock: Callable[[], datetime],
+        config: CircuitBreakerConfig,
+        reason: str | None,
+        actor: str,
+        must_exist: bool,
+        hold: Hold,
+        generation: int | None,
+    ) -> Generator[Statement, Any, tuple[Decision, int | None]]:
+        """The statements of one locked read-decide-write, for a sync or an async runner:
+        yields (statement, parameters), is sent each one's Result, returns what `fire` does.
+
+        The time is read once the row is locked, so a call that waited for the lock never
+        writes a time older than the one it waited behind.
+        """
+        while True:
+            row = (yield self._select_for_update, {"key": key}).first()
+            if row is None and must_exist:
+                raise UnknownKeyError(
+                    f"no circuit is stored for key {key!r} in namespace {self.namespace!r}"
+                )
+            now = clock()
+            before = NEW_CIRCUIT if row is None else circuit_of(row)
+            decision = decide(before, trigger, now, config, hold=hold, generation=generation)
+            if not decision.needs_write:
+                return decision, None if row is None else row.version
+            values = self._values(decision.after, now)
+            if row is not None:
+                yield self._update_circuit, {**values, "row_key": key}
+                version = row.version + 1
+                break
+            inserted = yield (
+                self._insert_circuit,
+                {**values, "namespace": self.namespace, "key": key, "version": 1},
+            )
+            if not inserted.returns_rows or inserted.first() is not None:
+                version = 1
+                break
+            # Another process stored this key first: read it again, under its lock.
+        audit = self._audit(key, trigger, decision, reason, actor, config)
+        if audit is not None:
+            yield insert(transitions), audit
+        return decision, version
+
+    def _audit(
+        self,
+        key: str,
+        trigger: Trigger,
+        decision: Decision,
+        reason: str | None,
+        actor: str,
+        config: CircuitBreakerConfig,
+    ) -> dict[str, object] | None:
+        """The audit row of `decision`, or None when it is not audited."""
+        if not decision.audited:
+            return None
+        return {
+            "namespace": self.namespace,
+            "key": key,
+            "from_state": decision.before.state.value,
+            "to_state": decision.after.state.value,
+            "trigger": trigger.value,
+            "at": decision.now,
+            "consecutive_failures": decision.after.consecutive_failures,
+            "reason": audit_reason(decision, config, reason),
+            "actor": actor,
+        }
+
+    @staticmethod
+    def _values(circuit: Circuit, now: datetime) -> dict[str, object]:
+        return {
+            "state": circuit.state.value,
+            "consecutive_failures": circuit.consecutive_failures,
+            "half_open_probes": circuit.half_open_probes,
+            "last_failure_at": circuit.last_failure_at,
+            "half_open_since": circuit.half_open_since,
+            "open_until": circuit.open_until,
+            "generation": circuit.generation,
+            "updated_at": now,
+        }
+
+
+class SqlStore(Statements):
+    """The circuits of one namespace in one SQLite or PostgreSQL database."""
+
+    def __init__(self, engine: Engine, namespace: str, timeout_s: float) -> None:
+        super().__init__(engine.dialect.name, namespace)
+        self.engine = engine
+        self.timeout_s = timeout_s  # how long transient faults are retried
+        # Reads are single statements: autocommit spares PostgreSQL a BEGIN and a ROLLBACK
+        # round trip and still sees everything committed before it. (pysqlite never opens
+        # a transaction for a SELECT, so SQLite needs nothing.)
+        self._reader = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
         )
         self._raw: SqliteRaw | PostgresRaw | ThroughSqlAlchemy
         if engine.dialect.name == "postgresql":
@@ -237,131 +358,25 @@ class SqlStore:
 
         return with_retries(self.engine, "update a circuit", self.timeout_s, transaction)
 
-    def fire_steps(
-        self,
-        key: str,
-        trigger: Trigger,
-        clock: Callable[[], datetime],
-        config: CircuitBreakerConfig,
-        reason: str | None,
-        actor: str,
-        must_exist: bool,
-        hold: Hold,
-        generation: int | None,
-    ) -> Generator[Statement, Any, tuple[Decision, int | None]]:
-        """The statements of one locked read-decide-write, for a sync or an async runner:
-        yields (statement, parameters), is sent each one's Result, returns what `fire` does.
-
-        The time is read once the row is locked, so a call that waited for the lock never
-        writes a time older than the one it waited behind.
-        """
-        while True:
-            row = (yield self._select_for_update, {"key": key}).first()
-            if row is None and must_exist:
-                raise UnknownKeyError(
-                    f"no circuit is stored for key {key!r} in namespace {self.namespace!r}"
-                )
-            now = clock()
-            before = NEW_CIRCUIT if row is None else _circuit(row)
-            decision = decide(before, trigger, now, config, hold=hold, generation=generation)
-            if not decision.needs_write:
-                return decision, None if row is None else row.version
-            values = self._values(decision.after, now)
-            if row is not None:
-                yield self._update_circuit, {**values, "row_key": key}
-                version = row.version + 1
-                break
-            inserted = yield (
-                self._insert_circuit,
-                {**values, "namespace": self.namespace, "key": key, "version": 1},
-            )
-            if not inserted.returns_rows or inserted.first() is not None:
-                version = 1
-                break
-            # Another process stored this key first: read it again, under its lock.
-        audit = self._audit(key, trigger, decision, reason, actor, config)
-        if audit is not None:
-            yield insert(transitions), audit
-        return decision, version
-
-    def _audit(
-        self,
-        key: str,
-        trigger: Trigger,
-        decision: Decision,
-        reason: str | None,
-        actor: str,
-        config: CircuitBreakerConfig,
-    ) -> dict[str, object] | None:
-        """The audit row of `decision`, or None when it is not audited."""
-        if not decision.audited:
-            return None
-        return {
-            "namespace": self.namespace,
-            "key": key,
-            "from_state": decision.before.state.value,
-            "to_state": decision.after.state.value,
-            "trigger": trigger.value,
-            "at": decision.now,
-            "consecutive_failures": decision.after.consecutive_failures,
-            "reason": audit_reason(decision, config, reason),
-            "actor": actor,
-        }
-
-    @staticmethod
-    def _values(circuit: Circuit, now: datetime) -> dict[str, object]:
-        return {
-            "state": circuit.state.value,
-            "consecutive_failures": circuit.consecutive_failures,
-            "half_open_probes": circuit.half_open_probes,
-            "last_failure_at": circuit.last_failure_at,
-            "half_open_since": circuit.half_open_since,
-            "open_until": circuit.open_until,
-            "generation": circuit.generation,
-            "updated_at": now,
-        }
-
     def circuits(self) -> list[StoredCircuit]:
         """Every stored key of the namespace, ordered by key."""
-        # The latest transition of each key, through the (namespace, key, id) index.
-        since = (
-            select(transitions.c.at)
-            .where(
-                transitions.c.namespace == circuits.c.namespace,
-                transitions.c.key == circuits.c.key,
-            )
-            .order_by(transitions.c.id.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-        query = (
-            select(circuits.c.key, *_CIRCUIT_COLUMNS, since.label("at"))
-            .where(self._where_ns)
-            .order_by(circuits.c.key)
-        )
 
         def read() -> Any:
             with self._reader.connect() as connection:
-                return connection.execute(query).all()
+                return connection.execute(self.circuits_query).all()
 
-        rows = with_retries(self.engine, "list circuits", self.timeout_s, read)
-        return [StoredCircuit(row.key, _circuit(row), row.at) for row in rows]
+        return stored_circuits(with_retries(self.engine, "list circuits", self.timeout_s, read))
 
     def history(self, key: str, limit: int | None) -> list[Transition]:
         """The last `limit` transitions of `key` (all when None), oldest first."""
-        query = (
-            select(transitions)
-            .where(transitions.c.namespace == self.namespace, transitions.c.key == key)
-            .order_by(transitions.c.id.desc())
-            .limit(limit)
-        )
+        query = self.history_query(key, limit)
 
         def read() -> Any:
             with self._reader.connect() as connection:
                 return connection.execute(query).all()
 
         rows = with_retries(self.engine, "read history", self.timeout_s, read)
-        return [_transition(row) for row in reversed(rows)]
+        return [transition_of(row) for row in reversed(rows)]
 
     def transitions_after(
         self, after: int | None, limit: int, also: Collection[int] = ()
@@ -388,7 +403,7 @@ class SqlStore:
             with_retries(self.engine, "read the audit trail", self.timeout_s, read),
             key=lambda row: row.id,
         )
-        ours = [_transition(row) for row in rows if row.namespace == self.namespace]
+        ours = [transition_of(row) for row in rows if row.namespace == self.namespace]
         return ours, [row.id for row in rows]
 
     def prune(self, before: datetime, batch_size: int) -> int:

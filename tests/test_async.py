@@ -1,0 +1,192 @@
+"""AsyncCircuitBreaker: shared state with concurrent tasks and the sync breaker, guards,
+permits and fencing, manual control, and outages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import pytest
+
+from durable_breaker import (
+    AsyncCircuitBreaker,
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+    DurableBreakerError,
+    InvalidArgumentError,
+    StoreUnavailableError,
+    Transition,
+)
+from durable_breaker import _outage as outage
+
+from .conftest import FakeClock
+from .tcp_proxy import TcpProxy
+from .test_outage import proxy  # noqa: F401 - the fixture
+
+T = TypeVar("T")
+CONFIG = CircuitBreakerConfig(failure_threshold=3, cooldown=timedelta(seconds=10))
+
+
+def run(scenario: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def fast_recheck(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(outage, "RECHECK_INTERVAL_S", 0.2)
+    yield
+
+
+def test_concurrent_tasks_on_two_breakers_lose_no_failure_and_share_one_probe(
+    db_url: str, clock: FakeClock
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1000, cooldown=timedelta(seconds=10))
+
+    async def scenario() -> None:
+        async with (
+            AsyncCircuitBreaker(db_url, config, clock=clock) as first,
+            AsyncCircuitBreaker(db_url, config, clock=clock) as second,
+        ):
+            await asyncio.gather(*(breaker.record_failure("k") for breaker in (first, second) * 30))
+            [status] = await first.status()
+            assert status.consecutive_failures == 60
+            for _ in range(940):  # trip it, then let 40 tasks race for the one probe
+                await first.record_failure("k")
+
+            clock.advance(10)
+
+            async def admitted(breaker: AsyncCircuitBreaker) -> bool:
+                try:
+                    await breaker.check("k")
+                except CircuitOpenError:
+                    return False
+                return True
+
+            results = await asyncio.gather(*(admitted(b) for b in (first, second) * 20))
+            assert sum(results) == 1
+
+    run(scenario)
+
+
+def test_async_and_sync_breakers_share_one_database(db_url: str, clock: FakeClock) -> None:
+    async def scenario() -> None:
+        async with AsyncCircuitBreaker(db_url, CONFIG, clock=clock, actor="async") as breaker:
+            with CircuitBreaker(db_url, CONFIG, clock=clock, actor="sync") as sync:
+                sync.record_failure("k")
+                await breaker.record_failure("k")
+                sync.record_failure("k", reason="third")
+                with pytest.raises(CircuitOpenError):
+                    await breaker.check("k")
+                await breaker.reset("k")
+                sync.check("k")
+                assert [(t.actor, t.to_state.value) for t in sync.history("k")] == [
+                    ("sync", "open"),
+                    ("async", "closed"),
+                ]
+
+    run(scenario)
+
+
+def test_guard_protect_and_fencing(db_url: str, clock: FakeClock) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=10))
+
+    async def scenario() -> None:
+        async with AsyncCircuitBreaker(db_url, config, clock=clock) as breaker:
+            seen: list[Transition] = []
+            breaker.on_transition(seen.append)
+
+            @breaker.protect(key=lambda *, model: model)
+            async def complete(*, model: str) -> str:
+                if model == "down":
+                    raise ConnectionError("refused")
+                return "ok"
+
+            assert await complete(model="up") == "ok"
+            with pytest.raises(ConnectionError):
+                await complete(model="down")
+            with pytest.raises(CircuitOpenError):
+                await complete(model="down")
+            assert [(t.key, t.to_state) for t in seen] == [("down", CircuitState.OPEN)]
+
+            clock.advance(10)
+            probe = await breaker.acquire("down")
+            task = asyncio.create_task(asyncio.sleep(60))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):  # a cancelled guarded call
+                async with breaker.guard("up"):
+                    await task
+            await probe.abandoned()  # the probe slot is free again at once
+            late = await breaker.acquire("down")
+            await breaker.force_open("down")
+            await late.succeeded()  # admitted under an earlier generation: no effect
+            assert await breaker.state("down") is CircuitState.FORCED_OPEN
+            history = await breaker.history("down")
+            assert history[-1].reason is not None and history[-1].reason.startswith("late")
+            # Successes and a cancelled call on "up" counted nothing, so stored nothing.
+            assert [s.key for s in await breaker.status()] == ["down"]
+
+            with pytest.raises(InvalidArgumentError, match="coroutine functions"):
+                breaker.protect(key="k")(lambda: None)  # type: ignore[arg-type,return-value]
+
+    run(scenario)
+
+
+def test_an_unstarted_or_closed_breaker_says_so(db_url: str) -> None:
+    async def scenario() -> None:
+        breaker = AsyncCircuitBreaker(db_url)
+        with pytest.raises(DurableBreakerError, match="not started"):
+            await breaker.check("k")
+        await breaker.start()
+        await breaker.close()
+        with pytest.raises(DurableBreakerError, match="closed"):
+            await breaker.check("k")
+
+    run(scenario)
+
+
+def test_an_unsupported_url_is_refused_clearly() -> None:
+    with pytest.raises(InvalidArgumentError, match="SQLite and PostgreSQL, not 'mysql'"):
+        AsyncCircuitBreaker("mysql://localhost/db")
+
+
+@pytest.mark.postgres
+def test_an_outage_falls_back_in_process_and_raise_mode_raises(
+    proxy: tuple[TcpProxy, str],  # noqa: F811 - the fixture
+    clock: FakeClock,
+    fast_recheck: None,
+) -> None:
+    tcp_proxy, url = proxy
+
+    def config(mode: Any) -> CircuitBreakerConfig:
+        return CircuitBreakerConfig(
+            failure_threshold=1, on_store_error=mode, store_timeout=timedelta(seconds=1)
+        )
+
+    async def scenario() -> None:
+        async with (
+            AsyncCircuitBreaker(url, config("fallback"), clock=clock) as fallback,
+            AsyncCircuitBreaker(url, config("raise"), clock=clock) as strict,
+        ):
+            await fallback.record_failure("tripped")
+            await fallback.check("healthy")
+            await strict.check("healthy")
+            tcp_proxy.cut()
+            started = time.monotonic()
+            await fallback.check("healthy")
+            with pytest.raises(CircuitOpenError):
+                await fallback.check("tripped")
+            with pytest.raises(StoreUnavailableError):
+                await strict.check("healthy")
+            assert time.monotonic() - started < 10
+            tcp_proxy.restore()
+            await asyncio.sleep(0.3)
+            await strict.check("healthy")
+            with pytest.raises(CircuitOpenError):
+                await fallback.check("tripped")
+
+    run(scenario)

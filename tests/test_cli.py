@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -258,3 +260,50 @@ def test_status_accepts_settings_without_a_probe_timeout(tripped: str) -> None:
         "--url", tripped, "status", "--probe-timeout", "none", "--half-open-max", "3", "--json"
     )
     assert code == 0 and {row["key"] for row in json.loads(out)} == {"gpt-4o", "claude"}
+
+
+def _lines_of(process: subprocess.Popen[str]) -> queue.Queue[str]:
+    """`process`'s output lines as they come, read by a thread (a read never blocks a test)."""
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stdout is not None
+    stdout = process.stdout
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def test_history_follow_tails_every_process_until_interrupted(db_url: str) -> None:
+    """`history --follow` in its own process prints what another process commits."""
+    config = CircuitBreakerConfig(failure_threshold=1)
+    with CircuitBreaker(db_url, config, actor="writer") as breaker:
+        breaker.record_failure("old")
+        follower = subprocess.Popen(
+            [
+                *(sys.executable, "-c", "from durable_breaker._cli import main; main()"),
+                *("--url", db_url, "history", "--follow", "--interval", "0.05"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            output = _lines_of(follower)
+            first = output.get(timeout=20)
+            assert first.startswith("old: ") and "-> open" in first
+            breaker.record_failure("new", reason="HTTP 503")
+            breaker.reset("new")
+            lines = [output.get(timeout=20), output.get(timeout=20)]
+        finally:
+            follower.terminate()
+            follower.wait(timeout=10)
+    assert lines[0].startswith("new: ") and "-> open" in lines[0] and "HTTP 503" in lines[0]
+    assert lines[1].startswith("new: ") and "-> closed" in lines[1] and "writer" in lines[1]
+
+
+def test_history_without_a_key_needs_follow(db_url: str) -> None:
+    code, _, err = cli("--url", db_url, "history")
+    assert code == 1 and "needs a KEY" in err

@@ -38,7 +38,6 @@ from ._engine import (
     write_transaction_async,
 )
 from ._errors import (
-    CircuitOpenError,
     DurableBreakerError,
     InvalidArgumentError,
     StoreUnavailableError,
@@ -271,10 +270,10 @@ class AsyncCircuitBreaker(BreakerBase):
             if self._config.on_store_error == "allow":
                 return None
             if self._config.on_store_error == "deny":
-                raise CircuitOpenError(key, CircuitState.OPEN, None) from error
+                self._reject(key, CircuitState.OPEN, None, error)
             raise
         if not decision.fired:
-            raise CircuitOpenError(
+            self._reject(
                 key, decision.before.state, retry_after(decision.before, decision.now, self._config)
             )
         return decision.after.generation

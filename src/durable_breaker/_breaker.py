@@ -29,7 +29,6 @@ from ._common import (
 from ._config import CircuitBreakerConfig
 from ._engine import DEFAULT_URL, make_engine, prepare_engine, settle_journal_mode
 from ._errors import (
-    CircuitOpenError,
     DurableBreakerError,
     InvalidArgumentError,
     StoreUnavailableError,
@@ -262,17 +261,17 @@ class CircuitBreaker(BreakerBase):
             if now < answer.until:  # a clock reading that is no number falls through
                 if answer.admit:
                     return answer.circuit.generation
-                raise CircuitOpenError(key, answer.circuit.state, answer.until - now)
+                self._reject(key, answer.circuit.state, answer.until - now)
         try:
             decision = self._fire(key, Trigger.CHECK)
         except StoreUnavailableError as error:
             if self._config.on_store_error == "allow":
                 return None
             if self._config.on_store_error == "deny":
-                raise CircuitOpenError(key, CircuitState.OPEN, None) from error
+                self._reject(key, CircuitState.OPEN, None, error)
             raise
         if not decision.fired:
-            raise CircuitOpenError(
+            self._reject(
                 key, decision.before.state, retry_after(decision.before, decision.now, self._config)
             )
         return decision.after.generation

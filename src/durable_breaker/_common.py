@@ -9,10 +9,11 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NoReturn
 
 from ._classify import retry_after as retry_after_of
 from ._config import CircuitBreakerConfig
-from ._errors import InvalidArgumentError
+from ._errors import CircuitOpenError, InvalidArgumentError
 from ._machine import Decision, Hold, Trigger, audit_reason, retry_after
 from ._permit import capped
 from ._state import Circuit, CircuitState, Transition
@@ -20,6 +21,7 @@ from ._tables import MAX_ACTOR_LENGTH, MAX_NAMESPACE_LENGTH
 
 _log = logging.getLogger("durable_breaker")
 TransitionListener = Callable[[Transition], object]
+RejectionListener = Callable[[str, CircuitState], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,7 @@ class BreakerBase:
             )
         self._clock = clock
         self._listeners: list[TransitionListener] = []
+        self._rejection_listeners: list[RejectionListener] = []
 
     @property
     def config(self) -> CircuitBreakerConfig:
@@ -186,3 +189,28 @@ class BreakerBase:
             raise InvalidArgumentError(f"callback must be callable, got {callback!r}")
         self._listeners.append(callback)
         return callback
+
+    def on_rejection(self, callback: RejectionListener) -> RejectionListener:
+        """Call `callback(key, state)` each time this breaker rejects a call (before raising
+        CircuitOpenError); an exception it raises is logged and ignored."""
+        if not callable(callback):
+            raise InvalidArgumentError(f"callback must be callable, got {callback!r}")
+        self._rejection_listeners.append(callback)
+        return callback
+
+    def _reject(
+        self,
+        key: str,
+        state: CircuitState,
+        wait: float | None,
+        cause: BaseException | None = None,
+    ) -> NoReturn:
+        """Tell the rejection listeners, then raise CircuitOpenError (from `cause`)."""
+        for listener in list(self._rejection_listeners):
+            try:
+                listener(key, state)
+            except Exception:
+                _log.exception("on_rejection callback %r failed (ignored)", listener)
+        if cause is not None:
+            raise CircuitOpenError(key, state, wait) from cause
+        raise CircuitOpenError(key, state, wait)

@@ -1,0 +1,27 @@
+"""The examples run as their docstrings say."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_the_apscheduler_job_reschedules_itself_while_the_circuit_is_open(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'example.db'}"
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "apscheduler_job.py"), "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    rescheduled = [line for line in lines if "circuit open: rescheduled in" in line]
+    # The provider's Retry-After (2 s) outlasts the cooldown (1 s): the job waits for it.
+    assert rescheduled and all(float(line.split()[-1][:-1]) > 1.5 for line in rescheduled)
+    assert "transition closed -> open: ProviderError: HTTP 503: overloaded" in lines[1]
+    assert lines[-2].endswith("summary of 'quarterly report'")
+    assert lines[-1] == "  transition half_open -> closed: success"

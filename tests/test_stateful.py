@@ -39,6 +39,7 @@ from .conftest import FakeClock
 KEYS = ["gpt-4o", 'it\'s "quoted"', "with space", "模型-ü", "claude;--"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+FORCED_OPEN, DISABLED = "forced_open", "disabled"
 
 
 @dataclass
@@ -50,6 +51,8 @@ class ModelKey:
     probes: int = 0
     last_failure_ms: int = 0
     half_open_since_ms: int = 0
+    hold_ms: int | None = None  # no probe before: a trip's Retry-After, force_open's until
+    generation: int = 0  # state changes so far: what permits are fenced by
     # (from, to, trigger, consecutive failures after)
     trail: list[tuple[str, str, str, int]] = field(default_factory=list)
 
@@ -63,7 +66,8 @@ class ModelConfig:
 
 
 class ReferenceModel:
-    """The seed's circuit breaker plus the probe_timeout renewal, written plainly."""
+    """The seed's circuit breaker plus the probe_timeout renewal, Retry-After holds, manual
+    control (force_open, disable) and permits fenced by generation, written plainly."""
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
@@ -72,6 +76,7 @@ class ReferenceModel:
     def _move(self, k: ModelKey, to: str, trigger: str) -> None:
         k.trail.append((k.state, to, trigger, k.failures))
         k.state = to
+        k.generation += 1
 
     @staticmethod
     def _elapsed(now: int, since: int) -> int:
@@ -80,20 +85,26 @@ class ReferenceModel:
     def retry_after_s(self, key: str, now: int) -> float | None:
         """Seconds until a call could be admitted, asked after a rejection."""
         k, c = self.keys[key], self.config
+        if k.state == FORCED_OPEN:
+            return None if k.hold_ms is None else (k.hold_ms - now) / 1000
         if k.state == OPEN:  # the cooldown ends at a fixed moment, wherever the clock is now
-            return (k.last_failure_ms + c.cooldown_ms - now) / 1000
+            until = k.last_failure_ms + c.cooldown_ms
+            return ((until if k.hold_ms is None else max(until, k.hold_ms)) - now) / 1000
         if c.probe_timeout_ms is None:
             return None
         return (k.half_open_since_ms + c.probe_timeout_ms - now) / 1000
 
     def check(self, key: str, now: int, *, dry_run: bool = False) -> bool:
         k = self.keys.get(key)
-        if k is None or k.state == CLOSED:
+        if k is None or k.state in (CLOSED, DISABLED):
             return True
         c = self.config
-        if k.state == OPEN:
-            if self._elapsed(now, k.last_failure_ms) < c.cooldown_ms:
-                return False
+        held = k.hold_ms is not None and now < k.hold_ms
+        if k.state == FORCED_OPEN and (k.hold_ms is None or held):
+            return False
+        if k.state == OPEN and (self._elapsed(now, k.last_failure_ms) < c.cooldown_ms or held):
+            return False
+        if k.state in (OPEN, FORCED_OPEN):
             if not dry_run:
                 self._move(k, HALF_OPEN, "check")
                 k.probes, k.half_open_since_ms = 1, now
@@ -112,28 +123,67 @@ class ReferenceModel:
             return True
         return False
 
-    def failure(self, key: str, now: int) -> None:
+    def failure(self, key: str, now: int, retry_after_ms: int | None = None) -> None:
         k = self.keys.setdefault(key, ModelKey())
         k.failures += 1
         k.last_failure_ms = now
         if k.state == HALF_OPEN or (k.state == CLOSED and k.failures >= self.config.threshold):
+            k.hold_ms = None if retry_after_ms is None else now + retry_after_ms
             self._move(k, OPEN, "failure")
 
     def success(self, key: str) -> None:
         k = self.keys.get(key)
-        if k is None:
+        if k is None or k.state == FORCED_OPEN:  # held open whatever succeeds
             return
         k.failures = k.probes = 0
-        if k.state != CLOSED:
+        k.hold_ms = None
+        if k.state in (OPEN, HALF_OPEN):
             self._move(k, CLOSED, "success")
+
+    def quiet_success(self, key: str) -> bool:
+        """Whether a success would change nothing stored."""
+        k = self.keys.get(key)
+        return (
+            k is None
+            or k.state == FORCED_OPEN
+            or (k.state in (CLOSED, DISABLED) and k.failures == k.probes == 0)
+        )
 
     def reset(self, key: str) -> bool:
         k = self.keys.get(key)
         if k is None:
             return False
-        k.failures = k.probes = 0
-        self._move(k, CLOSED, "reset")
+        self._operator(k, CLOSED, "reset", None)
         return True
+
+    def force_open(self, key: str, now: int, for_ms: int | None) -> None:
+        hold = None if for_ms is None else now + for_ms
+        self._operator(self.keys.setdefault(key, ModelKey()), FORCED_OPEN, "force_open", hold)
+
+    def disable(self, key: str) -> None:
+        self._operator(self.keys.setdefault(key, ModelKey()), DISABLED, "disable", None)
+
+    def _operator(self, k: ModelKey, to: str, trigger: str, hold_ms: int | None) -> None:
+        k.failures = k.probes = 0
+        k.hold_ms = hold_ms
+        self._move(k, to, trigger)
+
+    def generation(self, key: str) -> int:
+        k = self.keys.get(key)
+        return 0 if k is None else k.generation
+
+    def outcome(self, key: str, generation: int, outcome: str, now: int) -> None:
+        """A permit's outcome: applied if its generation is current, else audited as late."""
+        k = self.keys.get(key)
+        if k is not None and k.generation != generation:
+            if outcome != "release":
+                k.trail.append((k.state, k.state, outcome, k.failures))
+        elif outcome == "success":
+            self.success(key)
+        elif outcome == "failure":
+            self.failure(key, now)
+        elif k is not None and k.state == HALF_OPEN and k.probes > 0:
+            k.probes -= 1
 
 
 configs = st.builds(
@@ -162,10 +212,11 @@ class BreakerComparison(RuleBasedStateMachine):
         # (Closed, no failures, no probes), until that breaker next writes. A success right
         # after such a check is decided against what the check read (documented).
         self.last_check: list[tuple[str, bool] | None] = [None, None]
+        # Unsettled permits: (breaker, key, generation it was admitted under, the permit).
+        self.permits: list[tuple[int, str, int, Any]] = []
 
     def _clean(self, key: str) -> bool:
-        k = self.model.keys.get(key)
-        return k is None or (k.state == CLOSED and k.failures == 0 and k.probes == 0)
+        return self.model.quiet_success(key)
 
     def _now_ms(self) -> int:
         return round((self.clock.now - self.start_s) * 1000)
@@ -211,11 +262,59 @@ class BreakerComparison(RuleBasedStateMachine):
             self.last_check[which] = None
         self.breakers[which].record_success(key)
 
-    @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
-    def failure(self, which: int, key: str) -> None:
-        self.model.failure(key, self._now_ms())
+    @rule(
+        which=st.integers(0, 1),
+        key=st.sampled_from(KEYS),
+        retry_after_ms=st.none() | st.integers(1, 60_000),
+    )
+    def failure(self, which: int, key: str, retry_after_ms: int | None) -> None:
+        self.model.failure(key, self._now_ms(), retry_after_ms)
         self._wrote(which)
-        self.breakers[which].record_failure(key, reason="HTTP 503")
+        wait = None if retry_after_ms is None else timedelta(milliseconds=retry_after_ms)
+        self.breakers[which].record_failure(key, reason="HTTP 503", retry_after=wait)
+
+    @rule(
+        which=st.integers(0, 1),
+        key=st.sampled_from(KEYS),
+        for_ms=st.none() | st.integers(1, 30_000),
+    )
+    def force_open(self, which: int, key: str, for_ms: int | None) -> None:
+        self.model.force_open(key, self._now_ms(), for_ms)
+        self._wrote(which)
+        until = None if for_ms is None else timedelta(milliseconds=for_ms)
+        self.breakers[which].force_open(key, until)
+
+    @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
+    def disable(self, which: int, key: str) -> None:
+        self.model.disable(key)
+        self._wrote(which)
+        self.breakers[which].disable(key)
+
+    @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
+    def acquire(self, which: int, key: str) -> None:
+        expected = self.model.check(key, self._now_ms())
+        self.last_check[which] = (key, self._clean(key))
+        try:
+            permit = self.breakers[which].acquire(key)
+        except CircuitOpenError:
+            assert not expected
+        else:
+            assert expected
+            self.permits.append((which, key, self.model.generation(key), permit))
+
+    @precondition(lambda self: bool(self.permits))
+    @rule(data=st.data(), outcome=st.sampled_from(["success", "failure", "release"]))
+    def settle(self, data: st.DataObject, outcome: str) -> None:
+        """Report a permit's outcome, perhaps long after the circuit changed state."""
+        which, key, generation, permit = self.permits.pop(
+            data.draw(st.integers(0, len(self.permits) - 1))
+        )
+        self.model.outcome(key, generation, outcome, self._now_ms())
+        self._wrote(which)  # an outcome through the database replaces the thread's last check
+        report = {"success": "succeeded", "failure": "failed", "release": "abandoned"}[outcome]
+        done = getattr(permit, report)()
+        if done is not None:  # an AsyncPermit's report: a coroutine, run on its breaker's loop
+            self.breakers[which].run(done)
 
     @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
     def reset(self, which: int, key: str) -> None:
@@ -239,6 +338,7 @@ class BreakerComparison(RuleBasedStateMachine):
     @rule(which=st.integers(0, 1))
     def restart(self, which: int) -> None:
         self.last_check[which] = None
+        self.permits = [p for p in self.permits if p[0] != which]  # gone with their breaker
         self.breakers[which].close()
         self.breakers[which] = self._open()
 
@@ -290,6 +390,9 @@ class Blocking:
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._breaker, name)
         return lambda *args, **kwargs: self._runner.run(method(*args, **kwargs))
+
+    def run(self, coroutine: Any) -> Any:
+        return self._runner.run(coroutine)
 
     def close(self) -> None:
         self._runner.run(self._breaker.close())

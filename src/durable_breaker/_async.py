@@ -43,7 +43,7 @@ from ._errors import (
     StoreUnavailableError,
 )
 from ._faults import translate_errors, with_retries_async
-from ._machine import Decision, Hold, Trigger, decide, retry_after
+from ._machine import Decision, Hold, Trigger, decide
 from ._migrations import ensure_schema
 from ._outage import OutageTracker
 from ._permit import AsyncPermit, KeyOf, capped, check_key_of, guarded_async, key_of
@@ -255,10 +255,6 @@ class AsyncCircuitBreaker(BreakerBase):
             )
         raise error
 
-    def _unless_unavailable(self, error: StoreUnavailableError) -> None:
-        if self._config.on_store_error == "raise":
-            raise error
-
     async def check(self, key: str) -> None:
         """Admit a call to `key`, or raise CircuitOpenError."""
         await self._admit(key)
@@ -267,16 +263,9 @@ class AsyncCircuitBreaker(BreakerBase):
         try:
             decision = await self._fire(key, Trigger.CHECK)
         except StoreUnavailableError as error:
-            if self._config.on_store_error == "allow":
-                return None
-            if self._config.on_store_error == "deny":
-                self._reject(key, CircuitState.OPEN, None, error)
-            raise
-        if not decision.fired:
-            self._reject(
-                key, decision.before.state, retry_after(decision.before, decision.now, self._config)
-            )
-        return decision.after.generation
+            self._admitted_without_store(key, error)
+            return None
+        return self._admitted(key, decision)
 
     async def record_success(self, key: str) -> None:
         """Record a successful call: the key's circuit closes and its counts reset."""
@@ -352,10 +341,8 @@ class AsyncCircuitBreaker(BreakerBase):
         """Whether `check` would admit a call now; reads only, spends no probe."""
         try:
             return (await self._fire(key, Trigger.CHECK, peek=True)).fired
-        except StoreUnavailableError:
-            if self._config.on_store_error == "raise":
-                raise
-            return self._config.on_store_error == "allow"
+        except StoreUnavailableError as error:
+            return self._available_without_store(error)
 
     async def reset(self, key: str, *, reason: str | None = None) -> Transition:
         """Force a stored key's circuit closed; return the audited transition."""

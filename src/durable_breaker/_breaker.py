@@ -34,7 +34,7 @@ from ._errors import (
     StoreUnavailableError,
 )
 from ._faults import translate_errors
-from ._machine import Decision, Hold, Trigger, decide, retry_after
+from ._machine import Decision, Hold, Trigger, decide
 from ._migrations import ensure_schema
 from ._outage import OutageTracker
 from ._permit import (
@@ -240,11 +240,6 @@ class CircuitBreaker(BreakerBase):
         )
         return decision, version
 
-    def _unless_unavailable(self, error: StoreUnavailableError) -> None:
-        """Drop a record_* the database cannot take, unless on_store_error is "raise"."""
-        if self._config.on_store_error == "raise":
-            raise error
-
     def check(self, key: str) -> None:
         """Admit a call to `key`, or raise CircuitOpenError.
 
@@ -265,16 +260,9 @@ class CircuitBreaker(BreakerBase):
         try:
             decision = self._fire(key, Trigger.CHECK)
         except StoreUnavailableError as error:
-            if self._config.on_store_error == "allow":
-                return None
-            if self._config.on_store_error == "deny":
-                self._reject(key, CircuitState.OPEN, None, error)
-            raise
-        if not decision.fired:
-            self._reject(
-                key, decision.before.state, retry_after(decision.before, decision.now, self._config)
-            )
-        return decision.after.generation
+            self._admitted_without_store(key, error)
+            return None
+        return self._admitted(key, decision)
 
     def acquire(self, key: str) -> Permit:
         """Admit a call to `key` (or raise CircuitOpenError) and return its permit.
@@ -476,10 +464,8 @@ class CircuitBreaker(BreakerBase):
         """Whether `check` would admit a call now; reads only, spends no probe."""
         try:
             return self._fire(key, Trigger.CHECK, peek=True).fired
-        except StoreUnavailableError:
-            if self._config.on_store_error == "raise":
-                raise
-            return self._config.on_store_error == "allow"
+        except StoreUnavailableError as error:
+            return self._available_without_store(error)
 
     def state(self, key: str) -> CircuitState:
         """The stored state of `key` (CLOSED for a key never stored).

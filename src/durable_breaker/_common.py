@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from ._classify import retry_after as retry_after_of
 from ._config import CircuitBreakerConfig
-from ._errors import CircuitOpenError, InvalidArgumentError
+from ._errors import CircuitOpenError, InvalidArgumentError, StoreUnavailableError
 from ._machine import Decision, Hold, Trigger, audit_reason, retry_after
 from ._permit import capped
 from ._state import Circuit, CircuitState, Transition
@@ -214,3 +214,31 @@ class BreakerBase:
         if cause is not None:
             raise CircuitOpenError(key, state, wait) from cause
         raise CircuitOpenError(key, state, wait)
+
+    def _admitted(self, key: str, decision: Decision) -> int:
+        """The generation a `check` decision admitted a call under; rejects if it did not."""
+        if not decision.fired:
+            self._reject(
+                key, decision.before.state, retry_after(decision.before, decision.now, self._config)
+            )
+        return decision.after.generation
+
+    def _admitted_without_store(self, key: str, error: StoreUnavailableError) -> None:
+        """A `check` the database could not answer: on_store_error "allow" admits (no
+        generation), "deny" rejects, anything else raises `error`."""
+        if self._config.on_store_error == "allow":
+            return
+        if self._config.on_store_error == "deny":
+            self._reject(key, CircuitState.OPEN, None, error)
+        raise error
+
+    def _available_without_store(self, error: StoreUnavailableError) -> bool:
+        """`is_available` when the database could not answer."""
+        if self._config.on_store_error == "raise":
+            raise error
+        return self._config.on_store_error == "allow"
+
+    def _unless_unavailable(self, error: StoreUnavailableError) -> None:
+        """Drop a record_* the database cannot take, unless on_store_error is "raise"."""
+        if self._config.on_store_error == "raise":
+            raise error

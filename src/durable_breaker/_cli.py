@@ -147,23 +147,24 @@ def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
+def _operator_change(args: argparse.Namespace, effect: str) -> CircuitBreaker:
+    """The breaker for a command that changes a circuit for every process, once confirmed."""
     if not args.yes:
         raise InvalidArgumentError(
-            f"reset changes the circuit of {args.key!r} for every process; add --yes to confirm"
+            f"{args.command} {effect} {args.key!r} in every process; add --yes to confirm"
         )
-    with _open(args) as breaker:
+    return _open(args)
+
+
+def _cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
+    with _operator_change(args, "closes the circuit of") as breaker:
         done = breaker.reset(args.key, reason=args.reason)
     print(f"reset {args.key!r}: {_transition_line(done)}", file=out)
     return 0
 
 
 def _cmd_open(args: argparse.Namespace, out: TextIO) -> int:
-    if not args.yes:
-        raise InvalidArgumentError(
-            f"open blocks every call to {args.key!r} in every process; add --yes to confirm"
-        )
-    with _open(args) as breaker:
+    with _operator_change(args, "blocks every call to") as breaker:
         done = breaker.force_open(args.key, args.for_, reason=args.reason)
     held = "until reset" if args.for_ is None else f"until {done.at + args.for_:%Y-%m-%d %H:%M:%S}Z"
     print(f"forced {args.key!r} open {held}: {_transition_line(done)}", file=out)
@@ -171,11 +172,7 @@ def _cmd_open(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_disable(args: argparse.Namespace, out: TextIO) -> int:
-    if not args.yes:
-        raise InvalidArgumentError(
-            f"disable admits every call to {args.key!r} in every process; add --yes to confirm"
-        )
-    with _open(args) as breaker:
+    with _operator_change(args, "admits every call to") as breaker:
         done = breaker.disable(args.key, reason=args.reason)
     print(f"disabled {args.key!r} until reset: {_transition_line(done)}", file=out)
     return 0

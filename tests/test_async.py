@@ -4,6 +4,7 @@ permits and fencing, manual control, and outages."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
@@ -190,3 +191,84 @@ def test_an_outage_falls_back_in_process_and_raise_mode_raises(
                 await fallback.check("tripped")
 
     run(scenario)
+
+
+def test_a_call_cancelled_while_its_probe_is_being_taken_gives_the_probe_back(
+    db_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe is committed before the permit reaches the caller: cancelling in between
+    must not strand it (probe_timeout=None: it would block the key for good)."""
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(0), probe_timeout=None)
+
+    async def scenario() -> None:
+        async with AsyncCircuitBreaker(db_url, config, clock=clock) as breaker:
+            with CircuitBreaker(db_url, config, clock=clock) as sync:
+                taken, finish = asyncio.Event(), asyncio.Event()
+                taken_in_thread = threading.Event()
+                go_on = threading.Event()
+                real_async, real_sync = breaker.acquire, sync.acquire
+
+                async def slow_async_acquire(key: str) -> Any:
+                    permit = await real_async(key)
+                    taken.set()
+                    await finish.wait()  # the caller is cancelled here, after the commit
+                    return permit
+
+                def slow_sync_acquire(key: str) -> Any:
+                    permit = real_sync(key)
+                    taken_in_thread.set()
+                    go_on.wait(10)
+                    return permit
+
+                monkeypatch.setattr(breaker, "acquire", slow_async_acquire)
+                monkeypatch.setattr(sync, "acquire", slow_sync_acquire)
+
+                async def call(guard: Any) -> None:
+                    async with guard:
+                        pytest.fail("never admitted: cancelled first")
+
+                await breaker.record_failure("a")
+                task = asyncio.create_task(call(breaker.guard("a")))
+                await taken.wait()
+                task.cancel()
+                await asyncio.sleep(0)
+                finish.set()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert await breaker.is_available("a")
+
+                sync.record_failure("s")
+                task = asyncio.create_task(call(sync.guard_async("s")))
+                await asyncio.to_thread(taken_in_thread.wait, 10)
+                task.cancel()
+                go_on.set()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert sync.is_available("s")
+
+    run(scenario)
+
+
+def test_a_permit_admitted_by_the_fallback_is_not_fenced_when_the_database_returns(
+    db_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During an outage the process does not know the stored generation: its permits' results
+    are applied as plain ones, not thrown away as late."""
+    config = CircuitBreakerConfig(failure_threshold=1)
+    with CircuitBreaker(db_url, config, clock=clock) as breaker:
+        for _ in range(3):  # a few generations on the stored circuit
+            breaker.force_open("k")
+            breaker.reset("k")
+        store = breaker._store
+        real_load = store.load
+
+        def unreachable(key: str) -> Any:
+            raise StoreUnavailableError("simulated outage")
+
+        monkeypatch.setattr(outage, "RECHECK_INTERVAL_S", 0.0)  # ask the database again at once
+        monkeypatch.setattr(store, "load", unreachable)
+        permit = breaker.acquire("k")  # decided in process
+        monkeypatch.setattr(store, "load", real_load)
+        permit.failed(reason="HTTP 503")
+        assert breaker.state("k") is CircuitState.OPEN
+        assert breaker.history("k")[-1].reason == "HTTP 503"

@@ -46,7 +46,15 @@ from ._faults import translate_errors, with_retries_async
 from ._machine import Decision, Hold, Trigger, decide
 from ._migrations import ensure_schema
 from ._outage import OutageTracker
-from ._permit import AsyncPermit, KeyOf, capped, check_key_of, guarded_async, key_of
+from ._permit import (
+    AsyncPermit,
+    KeyOf,
+    acquired,
+    capped,
+    check_key_of,
+    guarded_async,
+    key_of,
+)
 from ._state import NEW_CIRCUIT, CircuitState, Transition
 from ._store import Statements, StoredCircuit, circuit_of, stored_circuits, transition_of
 from ._tables import MAX_KEY_LENGTH
@@ -222,6 +230,7 @@ class AsyncCircuitBreaker(BreakerBase):
         peek: bool = False,
         hold: Hold = None,
         generation: int | None = None,
+        fall_back: bool = True,
     ) -> Decision:
         """Decide `trigger` for `key` and store the outcome, as `CircuitBreaker._fire`."""
         store = self._open_store(key)
@@ -249,7 +258,7 @@ class AsyncCircuitBreaker(BreakerBase):
                 if writes and decision.audited and self._listeners:
                     self._announce(key, trigger, decision, reason)
                 return decision
-        if self._config.on_store_error == "fallback":
+        if self._config.on_store_error == "fallback" and fall_back:
             return self._outage.decide(
                 key, trigger, self._now(), peek=peek, hold=hold, generation=generation
             )
@@ -261,7 +270,7 @@ class AsyncCircuitBreaker(BreakerBase):
 
     async def _admit(self, key: str) -> int | None:
         try:
-            decision = await self._fire(key, Trigger.CHECK)
+            decision = await self._fire(key, Trigger.CHECK, fall_back=False)
         except StoreUnavailableError as error:
             self._admitted_without_store(key, error)
             return None
@@ -312,7 +321,9 @@ class AsyncCircuitBreaker(BreakerBase):
 
     @asynccontextmanager
     async def _guard(self, key: str) -> AsyncIterator[AsyncPermit]:
-        async with guarded_async(await self.acquire(key), self._config.is_failure) as permit:
+        async with guarded_async(
+            await acquired(self.acquire(key)), self._config.is_failure
+        ) as permit:
             yield permit
 
     def protect(

@@ -41,6 +41,7 @@ from ._permit import (
     AsyncPermit,
     KeyOf,
     Permit,
+    acquired,
     capped,
     check_key_of,
     guarded,
@@ -147,11 +148,12 @@ class CircuitBreaker(BreakerBase):
         peek: bool = False,
         hold: Hold = None,
         generation: int | None = None,
+        fall_back: bool = True,
     ) -> Decision:
         """Decide `trigger` for `key` and store the outcome (`peek`: decide only).
 
-        While the database is unavailable, "fallback" decides in process; the other modes
-        get the StoreUnavailableError to act on (see `_unless_unavailable`).
+        While the database is unavailable, "fallback" decides in process (unless not
+        `fall_back`); the other modes get the StoreUnavailableError to act on.
         """
         store = self._open_store(key)
         if self._outage.skip_store():
@@ -199,7 +201,7 @@ class CircuitBreaker(BreakerBase):
                     if writes and decision.audited and self._listeners:
                         self._announce(key, trigger, decision, reason)
                 return decision
-        if self._config.on_store_error == "fallback":
+        if self._config.on_store_error == "fallback" and fall_back:
             return self._outage.decide(
                 key, trigger, self._now(), peek=peek, hold=hold, generation=generation
             )
@@ -258,7 +260,7 @@ class CircuitBreaker(BreakerBase):
                     return answer.circuit.generation
                 self._reject(key, answer.circuit.state, answer.until - now)
         try:
-            decision = self._fire(key, Trigger.CHECK)
+            decision = self._fire(key, Trigger.CHECK, fall_back=False)
         except StoreUnavailableError as error:
             self._admitted_without_store(key, error)
             return None
@@ -291,8 +293,6 @@ class CircuitBreaker(BreakerBase):
 
     @asynccontextmanager
     async def _guard_async(self, key: str) -> AsyncIterator[AsyncPermit]:
-        permit = await asyncio.to_thread(self.acquire, key)
-
         async def report(
             key: str,
             trigger: Trigger,
@@ -302,10 +302,12 @@ class CircuitBreaker(BreakerBase):
         ) -> None:
             await asyncio.to_thread(self._report, key, trigger, generation, reason, error)
 
-        async with guarded_async(
-            AsyncPermit(key, permit.generation, report), self._config.is_failure
-        ) as async_permit:
-            yield async_permit
+        async def acquire() -> AsyncPermit:
+            permit = await asyncio.to_thread(self.acquire, key)
+            return AsyncPermit(key, permit.generation, report)
+
+        async with guarded_async(await acquired(acquire()), self._config.is_failure) as permit:
+            yield permit
 
     def protect(self, key: KeyOf) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorate a function (sync or async) so that every call runs in `guard(key)`.

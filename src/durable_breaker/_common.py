@@ -14,7 +14,8 @@ from typing import NoReturn
 from ._classify import retry_after as retry_after_of
 from ._config import CircuitBreakerConfig
 from ._errors import CircuitOpenError, InvalidArgumentError, StoreUnavailableError
-from ._machine import Decision, Hold, Trigger, audit_reason, retry_after
+from ._machine import FENCED, Decision, Hold, Trigger, audit_reason, retry_after
+from ._outage import OutageTracker
 from ._permit import capped
 from ._state import Circuit, CircuitState, Transition
 from ._tables import MAX_ACTOR_LENGTH, MAX_NAMESPACE_LENGTH
@@ -108,6 +109,7 @@ class BreakerBase:
                 f"clock must be a callable returning POSIX seconds, got {clock!r}"
             )
         self._clock = clock
+        self._outage: OutageTracker  # set by the breaker, which knows its database
         self._listeners: list[TransitionListener] = []
         self._rejection_listeners: list[RejectionListener] = []
 
@@ -170,7 +172,10 @@ class BreakerBase:
         )
 
     def _announce(self, key: str, trigger: Trigger, decision: Decision, reason: str | None) -> None:
-        """Tell the listeners about a committed transition; a failing one is only logged."""
+        """Tell the listeners about a committed transition; a failing one is only logged.
+        A late result is audited but is no transition: they are not told."""
+        if decision.guard == FENCED:
+            return
         transition = self._transition(key, trigger, decision, reason)
         for listener in list(self._listeners):
             try:
@@ -224,8 +229,13 @@ class BreakerBase:
         return decision.after.generation
 
     def _admitted_without_store(self, key: str, error: StoreUnavailableError) -> None:
-        """A `check` the database could not answer: on_store_error "allow" admits (no
-        generation), "deny" rejects, anything else raises `error`."""
+        """A `check` the database could not answer: on_store_error "fallback" decides from
+        what this process last saw, "allow" admits, "deny" rejects, "raise" raises `error`.
+        An admitted call has no generation: the database's may differ from ours."""
+        if self._config.on_store_error == "fallback":
+            decision = self._outage.decide(key, Trigger.CHECK, self._now(), peek=False)
+            self._admitted(key, decision)
+            return
         if self._config.on_store_error == "allow":
             return
         if self._config.on_store_error == "deny":

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from ._errors import InvalidArgumentError
 from ._machine import Trigger
 
+T = TypeVar("T")
 # Reports (key, trigger, generation, reason, error); the breaker decides what it does.
 Report = Callable[[str, Trigger, int, str | None, BaseException | None], None]
 AsyncReport = Callable[[str, Trigger, int, str | None, BaseException | None], Awaitable[None]]
@@ -93,20 +95,58 @@ class AsyncPermit(_Settled):
 
     async def succeeded(self) -> None:
         """The call succeeded."""
-        self._settle(Trigger.SUCCESS)
-        await self._report(self.key, Trigger.SUCCESS, self.generation, None, None)
+        await self._reported(Trigger.SUCCESS, None, None)
 
     async def failed(
         self, reason: str | None = None, *, error: BaseException | None = None
     ) -> None:
         """The call failed; `error`'s Retry-After, if any, holds a trip open that long."""
-        self._settle(Trigger.FAILURE)
-        await self._report(self.key, Trigger.FAILURE, self.generation, reason, error)
+        await self._reported(Trigger.FAILURE, reason, error)
 
     async def abandoned(self) -> None:
         """The call ended without an outcome to count (cancelled, interrupted, ignored)."""
-        self._settle(Trigger.RELEASE)
-        await self._report(self.key, Trigger.RELEASE, self.generation, None, None)
+        await self._reported(Trigger.RELEASE, None, None)
+
+    async def _reported(
+        self, trigger: Trigger, reason: str | None, error: BaseException | None
+    ) -> None:
+        # Settled once begun: a cancellation meanwhile waits for the report to be stored,
+        # then propagates (a half-written outcome would leave a probe taken for good).
+        self._settle(trigger)
+        _, cancelled = await to_completion(
+            self._report(self.key, trigger, self.generation, reason, error)
+        )
+        if cancelled:
+            raise asyncio.CancelledError
+
+
+async def to_completion(awaitable: Awaitable[T]) -> tuple[T, bool]:
+    """Await `awaitable` to its end even if the caller is cancelled meanwhile; return its
+    result and whether the caller was cancelled (then the caller re-raises)."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = cancelled or not task.done()
+        except BaseException:
+            break  # the task's own error: raised by result() below
+    if cancelled and (task.cancelled() or task.exception() is not None):
+        raise asyncio.CancelledError  # nothing was obtained: the cancellation wins
+    return task.result(), cancelled
+
+
+async def acquired(
+    acquire: Awaitable[AsyncPermit],
+) -> AsyncPermit:
+    """`acquire` awaited to its end; if the caller was cancelled meanwhile, the permit it
+    got is abandoned (its half-open probe given back) before the cancellation propagates."""
+    permit, cancelled = await to_completion(acquire)
+    if cancelled:
+        await permit.abandoned()
+        raise asyncio.CancelledError
+    return permit
 
 
 def capped(wait: timedelta | None, cap: timedelta) -> timedelta | None:

@@ -255,10 +255,11 @@ def test_a_permit_admitted_by_the_fallback_is_not_fenced_when_the_database_retur
     """During an outage the process does not know the stored generation: its permits' results
     are applied as plain ones, not thrown away as late."""
     config = CircuitBreakerConfig(failure_threshold=1)
+    with CircuitBreaker(db_url, config, clock=clock) as other:
+        for _ in range(3):  # a few generations this process's breaker never saw
+            other.force_open("k")
+            other.reset("k")
     with CircuitBreaker(db_url, config, clock=clock) as breaker:
-        for _ in range(3):  # a few generations on the stored circuit
-            breaker.force_open("k")
-            breaker.reset("k")
         store = breaker._store
         real_load = store.load
 

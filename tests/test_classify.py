@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from durable_breaker import is_llm_failure
+from durable_breaker import CircuitOpenError, CircuitState, StoreUnavailableError, is_llm_failure
 from durable_breaker._classify import retry_after
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -78,6 +78,8 @@ def test_status_codes_count_when_the_service_is_unwell(
         (SystemExit(1), False),
         (ContextLengthExceededError(), False),
         (ContentFilterFinishReasonError(), False),
+        (CircuitOpenError("inner", CircuitState.OPEN, 5.0), False),
+        (StoreUnavailableError("down"), False),
     ],
 )
 def test_errors_without_a_status(error: BaseException, counted: bool) -> None:
@@ -98,6 +100,9 @@ def test_errors_without_a_status(error: BaseException, counted: bool) -> None:
         (APIStatusError(429, {"retry-after": "soon"}), None),
         (APIStatusError(429, {"retry-after": "-5"}), None),
         (APIStatusError(429, {"retry-after": "nan"}), None),
+        (APIStatusError(429, {"retry-after": "inf"}), None),
+        (APIStatusError(429, {"retry-after-ms": "soon", "retry-after": "7"}), timedelta(seconds=7)),
+        (APIStatusError(429, {"retry-after-ms": "0", "retry-after": "7"}), timedelta(seconds=7)),
         (APIStatusError(429), None),
         (TimeoutError(), None),
     ],

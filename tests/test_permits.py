@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 
 from durable_breaker import (
+    CircuitBreaker,
     CircuitBreakerConfig,
     CircuitOpenError,
     CircuitState,
     InvalidArgumentError,
     Transition,
 )
+from durable_breaker._tables import transitions
 
 from .conftest import BreakerFactory, FakeClock
 
@@ -85,9 +88,12 @@ def test_an_abandoned_half_open_probe_frees_its_slot_at_once(
 
 def test_a_late_success_does_not_close_a_newer_open_circuit(make_breaker: BreakerFactory) -> None:
     breaker, other = make_breaker(CONFIG), make_breaker(CONFIG)
+    announced: list[Transition] = []
+    breaker.on_transition(announced.append)
     slow = breaker.acquire("k")  # admitted while Closed
     _trip(other)  # meanwhile the circuit trips: a new generation
     slow.succeeded()
+    assert announced == []  # audited, but no transition
     assert breaker.state("k") is CircuitState.OPEN
     last = breaker.history("k")[-1]
     assert (last.trigger, last.from_state, last.to_state) == ("success", "open", "open")
@@ -251,3 +257,52 @@ def test_follow_yields_the_backlog_then_what_other_breakers_commit(
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert got == [("old", "open"), ("new", "open"), ("new", "closed")]
+
+
+def test_an_inner_guards_open_circuit_does_not_trip_the_outer_key(
+    make_breaker: BreakerFactory,
+) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=1))
+    breaker.force_open("gpt-4o")
+    with pytest.raises(CircuitOpenError), breaker.guard("router"), breaker.guard("gpt-4o"):
+        pass
+    assert breaker.state("router") is CircuitState.CLOSED
+
+
+@pytest.mark.postgres
+def test_follow_shows_a_transition_committed_after_a_later_one(pg_url: str) -> None:
+    """PostgreSQL hands out ids before commit: an earlier id that commits late still shows."""
+    config = CircuitBreakerConfig(failure_threshold=1)
+    with CircuitBreaker(pg_url, config) as breaker:
+        engine = breaker._store.engine
+        with engine.connect() as slow_writer:
+            slow_writer.begin()
+            slow_writer.execute(
+                insert(transitions).values(
+                    namespace="default",
+                    key="slow",
+                    from_state="closed",
+                    to_state="open",
+                    trigger="failure",
+                    at=datetime.now(UTC),
+                    consecutive_failures=1,
+                    actor="slow writer",
+                )
+            )
+            breaker.record_failure("fast")  # a later id, committed first
+            stop, started, got = threading.Event(), threading.Event(), []
+
+            def tail() -> None:
+                for transition in breaker.follow(poll=timedelta(seconds=0.05), stop=stop):
+                    got.append(transition.key)
+                    started.set()
+                    if len(got) == 2:
+                        stop.set()
+
+            thread = threading.Thread(target=tail)
+            thread.start()
+            assert started.wait(10)  # it read its backlog: "fast" only
+            slow_writer.commit()
+        thread.join(timeout=10)
+        stop.set()
+        assert got == ["fast", "slow"]

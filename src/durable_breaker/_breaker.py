@@ -55,6 +55,7 @@ from ._urls import safe_url
 
 _MAX_LIMIT = 2**63 - 1  # the largest LIMIT every backend accepts
 _MAX_GAP = 1000  # `follow` waits for at most this many ids skipped over at once
+_IN_FLIGHT = 100  # ids below its first that `follow` may still see committed
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -507,22 +508,29 @@ class CircuitBreaker(BreakerBase):
             raise InvalidArgumentError(f"last must be an integer >= 0, got {last!r}")
         if not isinstance(poll, timedelta) or poll <= timedelta(0):
             raise InvalidArgumentError(f"poll must be a positive datetime.timedelta, got {poll!r}")
-        stop = stop or threading.Event()
-        # The last `last` of the namespace (or key): read back far enough to find them.
-        backlog, ids = store.transitions_after(None, max(1000, last * 10))
-        shown = [t for t in backlog if key is None or t.key == key]
-        yield from shown[len(shown) - last :] if last else ()
-        seen = max(ids, default=0)
+        return self._follow(store, key, last, poll, stop or threading.Event())
+
+    def _follow(
+        self, store: SqlStore, key: str | None, last: int, poll: timedelta, stop: threading.Event
+    ) -> Iterator[Transition]:
         # Ids are handed out before commit, so on PostgreSQL a lower id can become visible
         # after a higher one: an id skipped over stays wanted, and asked for, for as many
         # polls as span ten store timeouts (a write that rolled back never shows up).
         wanted: dict[int, int] = {}  # id -> the poll it was skipped at
         patience = max(1, round(10 * self._config.store_timeout / poll))
+        limit = max(1000, last * 10)
+        backlog, ids = store.transitions_after(None, limit)
+        shown = [t for t in backlog if key is None or t.key == key]
+        yield from shown[len(shown) - last :] if last else ()
+        # Ids missing among the backlog's, and (when it holds the whole table) just below
+        # its first, may belong to transactions still in flight.
+        seen = min(ids, default=1) - 1
+        if len(ids) < limit:
+            seen = max(0, seen - _IN_FLIGHT)
         polls = 0
-        while not stop.wait(poll.total_seconds()):
-            polls += 1
-            found, ids = store.transitions_after(seen, 1000, also=wanted)
-            for number in ids:
+        found: list[Transition] = []
+        while True:
+            for number in ids:  # the backlog's ids first, then each poll's
                 if number > seen:
                     if number - seen <= _MAX_GAP:  # (a longer jump: a sequence reset)
                         wanted.update(dict.fromkeys(range(seen + 1, number), polls))
@@ -533,6 +541,10 @@ class CircuitBreaker(BreakerBase):
                     yield transition
             for gap in [gap for gap, skipped in wanted.items() if polls - skipped > patience]:
                 del wanted[gap]
+            if stop.wait(poll.total_seconds()):
+                return
+            polls += 1
+            found, ids = store.transitions_after(seen, 1000, also=wanted)
 
     def status(self) -> list[KeyStatus]:
         """Every stored key of this namespace with its state, ordered by key."""

@@ -13,8 +13,17 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-# Never a failure of the service: the caller stopped waiting, or the process is stopping.
-_NEVER = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+from ._errors import DurableBreakerError
+
+# Never a failure of the service: the caller stopped waiting, the process is stopping, or a
+# breaker said no (an inner guard's open circuit must not trip the outer key).
+_NEVER = (
+    asyncio.CancelledError,
+    KeyboardInterrupt,
+    SystemExit,
+    GeneratorExit,
+    DurableBreakerError,
+)
 # The 4xx statuses that say the service is unwell: a timeout, and "too many requests".
 # Any other 4xx refuses the request for what it contained (bad request, auth, not found, too
 # large, context length, content filter): retrying fails the same way, the service is fine.
@@ -49,6 +58,7 @@ def is_llm_failure(error: BaseException) -> bool:
 
     Counted: timeouts, connection failures, 408, 429, 5xx (529 "overloaded" included), an
     "overloaded" error, and any other exception. Not counted: cancellation and interrupts,
+    the library's own errors (an inner guard's CircuitOpenError),
     any other 4xx (400, 401, 403, 404, 413, ...), and context-length and content-filter errors.
     """
     if isinstance(error, _NEVER):
@@ -87,10 +97,11 @@ def retry_after(error: BaseException, now: datetime) -> timedelta | None:
     milliseconds = _header(headers, "retry-after-ms")
     if milliseconds is not None:
         try:
-            wait = float(milliseconds) / 1000
+            wait = _seconds(float(milliseconds) / 1000)
         except ValueError:
-            wait = 0.0
-        return _seconds(wait)
+            wait = None
+        if wait is not None:
+            return wait
     text = _header(headers, "retry-after")
     if text is None:
         return None
@@ -109,6 +120,6 @@ def retry_after(error: BaseException, now: datetime) -> timedelta | None:
 
 
 def _seconds(seconds: float) -> timedelta | None:
-    if not seconds > 0:  # zero, negative, NaN
+    if not 0 < seconds < float("inf"):  # zero, negative, infinite, NaN
         return None
     return timedelta(seconds=min(seconds, _LONGEST_S))

@@ -150,6 +150,19 @@ def test_an_unstarted_or_closed_breaker_says_so(db_url: str) -> None:
     run(scenario)
 
 
+def test_bad_arguments_are_refused_as_by_the_sync_breaker(db_url: str) -> None:
+    async def scenario() -> None:
+        async with AsyncCircuitBreaker(db_url) as breaker:
+            with pytest.raises(InvalidArgumentError, match="limit must be"):
+                await breaker.history("k", limit=2**63)
+            with pytest.raises(InvalidArgumentError, match="key must be"):
+                await breaker.check("")
+            with pytest.raises(InvalidArgumentError, match="at most 3660 days"):
+                await breaker.force_open("k", timedelta(days=10**6))
+
+    run(scenario)
+
+
 def test_an_unsupported_url_is_refused_clearly() -> None:
     with pytest.raises(InvalidArgumentError, match="SQLite and PostgreSQL, not 'mysql'"):
         AsyncCircuitBreaker("mysql://localhost/db")

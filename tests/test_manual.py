@@ -91,6 +91,8 @@ def test_force_open_refuses_a_naive_until(make_breaker: BreakerFactory) -> None:
     breaker = make_breaker(CONFIG)
     with pytest.raises(InvalidArgumentError, match="timezone-aware"):
         breaker.force_open("k", timedelta(seconds=-1))
+    with pytest.raises(InvalidArgumentError, match="at most 3660 days"):
+        breaker.force_open("k", timedelta(days=999_999_999))
     with pytest.raises(InvalidArgumentError, match="timezone-aware"):
         breaker.force_open("k", datetime(2030, 1, 1))  # noqa: DTZ001 - the point of the test
     assert breaker.status() == []

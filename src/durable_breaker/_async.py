@@ -25,6 +25,7 @@ from ._common import (
     BreakerBase,
     KeyStatus,
     check_hold_until,
+    check_limit,
     check_name,
     check_reason,
     check_retry_after,
@@ -404,11 +405,7 @@ class AsyncCircuitBreaker(BreakerBase):
     async def history(self, key: str, limit: int | None = None) -> list[Transition]:
         """The last `limit` transitions of `key` (all by default), oldest first."""
         store = self._open_store(key)
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
-        ):
-            raise InvalidArgumentError(f"limit must be None or an integer >= 0, got {limit!r}")
-        return await store.history(key, limit)
+        return await store.history(key, check_limit(limit))
 
     async def status(self) -> list[KeyStatus]:
         """Every stored key of this namespace with its state, ordered by key."""

@@ -22,6 +22,7 @@ from ._common import (
     BreakerBase,
     KeyStatus,
     check_hold_until,
+    check_limit,
     check_name,
     check_reason,
     check_retry_after,
@@ -53,7 +54,6 @@ from ._store import SqlStore
 from ._tables import MAX_KEY_LENGTH
 from ._urls import safe_url
 
-_MAX_LIMIT = 2**63 - 1  # the largest LIMIT every backend accepts
 _MAX_GAP = 1000  # `follow` waits for at most this many ids skipped over at once
 _IN_FLIGHT = 100  # ids below its first that `follow` may still see committed
 P = ParamSpec("P")
@@ -481,13 +481,7 @@ class CircuitBreaker(BreakerBase):
     def history(self, key: str, limit: int | None = None) -> list[Transition]:
         """The last `limit` transitions of `key` (all by default), oldest first."""
         store = self._open_store(key)
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= _MAX_LIMIT
-        ):
-            raise InvalidArgumentError(
-                f"limit must be None or an integer from 0 to {_MAX_LIMIT}, got {limit!r}"
-            )
-        return store.history(key, limit)
+        return store.history(key, check_limit(limit))
 
     def follow(
         self,

@@ -70,11 +70,27 @@ def check_hold_until(until: object) -> Hold:
     """`force_open`'s `until`: None, an aware datetime (as UTC), or a positive timedelta."""
     if isinstance(until, datetime) and until.tzinfo is not None:
         return until.astimezone(UTC)
-    if until is None or (isinstance(until, timedelta) and until > timedelta(0)):
+    if until is None or (isinstance(until, timedelta) and timedelta(0) < until <= _LONGEST_HOLD):
         return until
     raise InvalidArgumentError(
-        f"until must be None, a timezone-aware datetime or a positive timedelta, got {until!r}"
+        "until must be None, a timezone-aware datetime or a positive timedelta of at most "
+        f"{_LONGEST_HOLD.days} days, got {until!r}"
     )
+
+
+_MAX_LIMIT = 2**63 - 1  # the largest LIMIT every backend accepts
+_LONGEST_HOLD = timedelta(days=3660)  # a force_open longer than ten years is a mistake
+
+
+def check_limit(limit: object) -> int | None:
+    """`history`'s `limit`: None (all) or an integer every backend accepts."""
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= _MAX_LIMIT
+    ):
+        raise InvalidArgumentError(
+            f"limit must be None or an integer from 0 to {_MAX_LIMIT}, got {limit!r}"
+        )
+    return limit
 
 
 def check_retry_after(retry_after: object) -> timedelta | None:

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from ._async import AsyncCircuitBreaker
 from ._breaker import CircuitBreaker
-from ._errors import InvalidArgumentError, StoreError
+from ._errors import DurableBreakerError, InvalidArgumentError
 from ._state import CircuitState, Transition
 
 __all__ = ["BreakerMetrics"]
@@ -82,8 +82,8 @@ class BreakerMetrics(Collector):
         if isinstance(self._breaker, CircuitBreaker):
             try:
                 return {status.key: status.state for status in self._breaker.status()}
-            except StoreError:
-                pass  # the database is unavailable: export what this process last saw
+            except DurableBreakerError:
+                pass  # the database is unavailable, or the breaker closed: what we last saw
         return dict(self._last_states)
 
     def collect(self) -> Iterator[Metric]:

@@ -243,6 +243,10 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
         ours.check("healthy")
         ours.record_success("healthy")
 
+    def guarded_block() -> None:
+        with ours.guard("healthy"):  # a permit's success reads, to tell a late result
+            pass
+
     def probe_and_reopen() -> None:
         flapping.check("probe")  # Open -> HalfOpen: the probe is admitted
         flapping.record_failure("probe")  # HalfOpen -> Open
@@ -259,6 +263,7 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
         f"{name} 1. guarded call on a healthy key",
         {
             "durable-breaker": guarded,
+            "durable-breaker guard()": guarded_block,
             **ours_cases,
             **peers,
             "raw driver read": backend.raw_read("healthy"),
@@ -269,6 +274,7 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
     )
     targets["guarded / pybreaker memory"] = m["durable-breaker"] / m["pybreaker (memory)"]
     targets["guarded / raw read"] = m["durable-breaker"] / m["raw driver read"]
+    targets["guard() / check+record_success"] = m["durable-breaker guard()"] / m["durable-breaker"]
     if "pybreaker (Redis)" in m:
         targets["pybreaker Redis / guarded"] = m["pybreaker (Redis)"] / m["durable-breaker"]
     if "durable-breaker (cache)" in m:

@@ -182,3 +182,21 @@ def test_a_success_after_a_failure_is_not_skipped(pg_url: str, clock: FakeClock)
             breaker.record_failure("gpt-4o")
             breaker.record_success("gpt-4o")  # clears the failure: never skipped
             assert [s.consecutive_failures for s in breaker.status()] == [0]
+
+
+def test_a_guarded_call_on_a_cached_healthy_key_runs_no_statement_and_a_late_one_is_fenced(
+    cached: tuple[CircuitBreaker, CircuitBreaker, list[str]],
+) -> None:
+    breaker, other, operations = cached
+    breaker.check("k")  # fills the cache
+    operations.clear()
+    with breaker.guard("k"):
+        pass
+    assert operations == []
+    slow = breaker.acquire("k")
+    for _ in range(CONFIG.failure_threshold):
+        other.record_failure("k")
+    assert eventually(lambda: breaker._cache is not None and breaker._cache.get("k") is None)
+    slow.succeeded()  # admitted before the trip: read, found late, audited, not applied
+    assert "READ" in operations
+    assert breaker.state("k") is CircuitState.OPEN

@@ -577,9 +577,10 @@ def test_writes_bound_their_lock_wait_and_migrations_do_not(pg_url: str) -> None
             b.record_failure("k")  # written on the raw driver: no SQLAlchemy transaction
             b.reset("k")  # a locked transaction
         locks = [s for s in statements if "_timeout" in s or "advisory" in s]
-        bounded = (
-            "SET LOCAL lock_timeout = 5000; SET LOCAL statement_timeout = 5000; "
-            "SET LOCAL idle_in_transaction_session_timeout = 5000"
+        bounded = (  # SET LOCAL, for each: in one statement
+            "SELECT set_config('lock_timeout', '5000', true), "
+            "set_config('statement_timeout', '5000', true), "
+            "set_config('idle_in_transaction_session_timeout', '5000', true)"
         )
         assert locks == [
             bounded,  # every write transaction starts bounded...

@@ -87,22 +87,30 @@ def make_engine(url: str | URL, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
     else:
         # A stalled process must not hold a row lock for ever: bound its waits and its idling.
-        bounds = [
-            f"SET LOCAL {setting} = {timeout_ms}"
-            for setting in _BOUNDED_WAITS
-            if setting not in options
-        ]
+        bounds = _bounds_statement(options, timeout_ms)
         if bounds:
-            event.listen(engine, "begin", functools.partial(_postgres_on_begin, "; ".join(bounds)))
-        _WRITE_BOUNDS[engine] = tuple(bounds)
+            event.listen(engine, "begin", functools.partial(_postgres_on_begin, bounds))
+        _WRITE_BOUNDS[engine] = (bounds,) if bounds else ()
         StallWatchdog(timeout_s + STALL_MARGIN_S).install(engine)
     prepare_engine(engine)
     _OWN_ENGINES.add(engine)
     return engine
 
 
+def _bounds_statement(options: str, timeout_ms: int) -> str | None:
+    """One statement setting, for the current transaction only (as SET LOCAL does), each
+    bounded wait the URL's `options` does not set itself; None if it sets them all.
+    One statement, not three SET LOCALs: the server parses and runs it once."""
+    settings = [setting for setting in _BOUNDED_WAITS if setting not in options]
+    if not settings:
+        return None
+    return "SELECT " + ", ".join(
+        f"set_config('{setting}', '{timeout_ms}', true)" for setting in settings
+    )
+
+
 def write_bounds(engine: Engine) -> tuple[str, ...]:
-    """The SET LOCAL statements that bound a write transaction on `engine` (ours only)."""
+    """The statements that bound a write transaction on `engine` (ours only)."""
     return _WRITE_BOUNDS.get(engine, ())
 
 
@@ -254,16 +262,9 @@ def make_async_engine(url: str | URL, timeout_s: float = DEFAULT_TIMEOUT_S) -> A
         event.listen(sync_engine, "connect", _aiosqlite_on_connect)
         event.listen(sync_engine, "begin", _aiosqlite_on_begin)
     else:
-        options = str(parsed.query.get("options", ""))
-        bounds = [
-            f"SET LOCAL {setting} = {timeout_ms}"
-            for setting in _BOUNDED_WAITS
-            if setting not in options
-        ]
+        bounds = _bounds_statement(str(parsed.query.get("options", "")), timeout_ms)
         if bounds:
-            event.listen(
-                sync_engine, "begin", functools.partial(_postgres_on_begin, "; ".join(bounds))
-            )
+            event.listen(sync_engine, "begin", functools.partial(_postgres_on_begin, bounds))
     return engine
 
 

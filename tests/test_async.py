@@ -286,3 +286,53 @@ def test_a_permit_admitted_by_the_fallback_is_not_fenced_when_the_database_retur
         permit.failed(reason="HTTP 503")
         assert breaker.state("k") is CircuitState.OPEN
         assert breaker.history("k")[-1].reason == "HTTP 503"
+
+
+def test_a_cancellation_arriving_as_a_report_completes_still_propagates(
+    db_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncio.timeout() must still fire when its deadline lands while an outcome is stored."""
+
+    async def scenario() -> None:
+        async with AsyncCircuitBreaker(db_url, CONFIG, clock=clock) as breaker:
+            real = breaker._report
+
+            async def report_then_time_out(*args: Any) -> None:
+                await real(*args)
+                timeout.reschedule(asyncio.get_running_loop().time() - 1)  # expires now
+
+            monkeypatch.setattr(breaker, "_report", report_then_time_out)
+            permit = await breaker.acquire("k")
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(None) as timeout:
+                    await permit.succeeded()
+                    await asyncio.sleep(5)
+                    pytest.fail("the cancellation was lost")
+
+    run(scenario)
+
+
+def test_a_guarded_call_still_acquiring_at_loop_shutdown_gives_its_probe_back(
+    db_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(0), probe_timeout=None)
+    with CircuitBreaker(db_url, config, clock=clock) as breaker:
+        breaker.record_failure("k")
+        real = breaker.acquire
+
+        def slow_acquire(key: str) -> Any:
+            time.sleep(0.2)  # a slow round trip: asyncio.run ends meanwhile
+            return real(key)
+
+        monkeypatch.setattr(breaker, "acquire", slow_acquire)
+
+        async def call() -> None:
+            async with breaker.guard_async("k"):
+                await asyncio.sleep(1)
+
+        async def main() -> None:
+            asyncio.create_task(call())  # noqa: RUF006 - left running on purpose
+            await asyncio.sleep(0.05)
+
+        asyncio.run(main())
+        assert breaker.is_available("k")

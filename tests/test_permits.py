@@ -17,8 +17,10 @@ from durable_breaker import (
     CircuitOpenError,
     CircuitState,
     InvalidArgumentError,
+    StoreUnavailableError,
     Transition,
 )
+from durable_breaker import _outage as config_outage
 from durable_breaker._tables import transitions
 
 from .conftest import BreakerFactory, FakeClock
@@ -306,3 +308,47 @@ def test_follow_shows_a_transition_committed_after_a_later_one(pg_url: str) -> N
         thread.join(timeout=10)
         stop.set()
         assert got == ["fast", "slow"]
+
+
+def test_a_guard_acquires_on_entry_once_and_is_no_decorator(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=1))
+    breaker.record_failure("k")
+    guard = breaker.guard("k")  # not entered: takes nothing, raises nothing
+    assert not callable(guard)
+    with pytest.raises(CircuitOpenError), guard:
+        pass
+    with pytest.raises(InvalidArgumentError, match="used once"), guard:
+        pass
+
+
+def test_a_bad_reason_is_refused_before_the_outcome_is_settled(
+    make_breaker: BreakerFactory,
+) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=1))
+    permit = breaker.acquire("k")
+    with pytest.raises(InvalidArgumentError, match="reason"):
+        permit.failed(reason=503)  # type: ignore[arg-type]
+    permit.failed(reason="HTTP 503")  # the outcome is not lost
+    assert breaker.state("k") is CircuitState.OPEN
+
+
+def test_an_unfenced_abandon_never_frees_a_probe_it_may_not_hold(
+    make_breaker: BreakerFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(0), probe_timeout=None)
+    breaker, other = make_breaker(config), make_breaker(config)
+    other.record_failure("k")
+    monkeypatch.setattr(config_outage, "RECHECK_INTERVAL_S", 0.0)
+    real_load = breaker._store.load
+
+    def unreachable(key: str) -> Any:
+        raise StoreUnavailableError("simulated outage")
+
+    monkeypatch.setattr(breaker._store, "load", unreachable)
+    blind = breaker.acquire("k")  # admitted in process: the stored circuit is unknown
+    monkeypatch.setattr(breaker._store, "load", real_load)
+    assert blind.generation is None
+    other.check("k")  # the one probe, taken by another process
+    blind.abandoned()  # must not give that probe back
+    with pytest.raises(CircuitOpenError):
+        other.check("k")

@@ -13,8 +13,7 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -24,6 +23,7 @@ from sqlalchemy.engine import URL
 from ._common import (
     BreakerBase,
     KeyStatus,
+    capped,
     check_hold_until,
     check_limit,
     check_name,
@@ -48,12 +48,10 @@ from ._machine import Decision, Hold, Trigger, decide
 from ._migrations import ensure_schema
 from ._outage import OutageTracker
 from ._permit import (
+    AsyncGuard,
     AsyncPermit,
     KeyOf,
-    acquired,
-    capped,
     check_key_of,
-    guarded_async,
     key_of,
 )
 from ._state import NEW_CIRCUIT, CircuitState, Transition
@@ -301,31 +299,25 @@ class AsyncCircuitBreaker(BreakerBase):
         self,
         key: str,
         trigger: Trigger,
-        generation: int,
+        generation: int | None,
         reason: str | None,
         error: BaseException | None,
     ) -> None:
+        if trigger is Trigger.RELEASE and generation is None:
+            return  # we hold no probe we know of: giving one back could free another's
         hold = self._hold_of(error) if trigger is Trigger.FAILURE else None
-        await self._outcome(key, trigger, reason, hold, None if generation < 0 else generation)
+        await self._outcome(key, trigger, reason, hold, generation)
 
     async def acquire(self, key: str) -> AsyncPermit:
         """Admit a call (or raise CircuitOpenError) and return its permit (see
         `CircuitBreaker.acquire`); its reports are awaited."""
-        generation = await self._admit(key)
-        return AsyncPermit(key, -1 if generation is None else generation, self._report)
+        return AsyncPermit(key, await self._admit(key), self._report)
 
-    def guard_async(self, key: str) -> AbstractAsyncContextManager[AsyncPermit]:
+    def guard_async(self, key: str) -> AsyncGuard:
         """`async with breaker.guard_async(key):` (see `CircuitBreaker.guard`)."""
-        return self._guard(key)
+        return AsyncGuard(functools.partial(self.acquire, key), self._config.is_failure)
 
     guard = guard_async  # the natural name on an asyncio breaker
-
-    @asynccontextmanager
-    async def _guard(self, key: str) -> AsyncIterator[AsyncPermit]:
-        async with guarded_async(
-            await acquired(self.acquire(key)), self._config.is_failure
-        ) as permit:
-            yield permit
 
     def protect(
         self, key: KeyOf

@@ -8,8 +8,7 @@ import inspect
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, NamedTuple, ParamSpec, TypeVar
@@ -21,6 +20,7 @@ from ._cache import ReadCache
 from ._common import (
     BreakerBase,
     KeyStatus,
+    capped,
     check_hold_until,
     check_limit,
     check_name,
@@ -39,15 +39,14 @@ from ._machine import Decision, Hold, Trigger, decide
 from ._migrations import ensure_schema
 from ._outage import OutageTracker
 from ._permit import (
+    AsyncGuard,
     AsyncPermit,
+    Guard,
     KeyOf,
     Permit,
-    acquired,
-    capped,
     check_key_of,
-    guarded,
-    guarded_async,
     key_of,
+    to_completion,
 )
 from ._state import Circuit, CircuitState, Transition
 from ._store import SqlStore
@@ -275,40 +274,41 @@ class CircuitBreaker(BreakerBase):
         it is audited as a late result and changes nothing, and `abandoned()` gives back a
         half-open probe at once instead of leaving it to `probe_timeout`.
         """
-        generation = self._admit(key)
-        return Permit(key, generation if generation is not None else -1, self._report)
+        return Permit(key, self._admit(key), self._report)
 
-    def guard(self, key: str) -> AbstractContextManager[Permit]:
+    def guard(self, key: str) -> Guard:
         """`with breaker.guard(key):` — acquire a permit, and settle it as the block ends.
 
         A normal exit is a success; an exception that `config.is_failure` counts is a failure
         (its Retry-After honoured); any other exception, `KeyboardInterrupt` or cancellation
-        abandons the permit without counting. The exception always propagates.
+        abandons the permit without counting. The exception always propagates. The permit
+        is acquired on entering the block.
         """
-        return guarded(self.acquire(key), self._config.is_failure)
+        return Guard(functools.partial(self.acquire, key), self._config.is_failure)
 
-    def guard_async(self, key: str) -> AbstractAsyncContextManager[AsyncPermit]:
+    def guard_async(self, key: str) -> AsyncGuard:
         """`async with breaker.guard_async(key):` — `guard` for coroutines; the database
         calls run in a worker thread, so the event loop never blocks on them."""
-        return self._guard_async(key)
 
-    @asynccontextmanager
-    async def _guard_async(self, key: str) -> AsyncIterator[AsyncPermit]:
+        def in_thread(work: Callable[[], R]) -> asyncio.Future[R]:
+            # A Future, not a Task: asyncio.run's shutdown does not cancel it, so a probe
+            # taken meanwhile is still awaited, and given back.
+            return asyncio.get_running_loop().run_in_executor(None, work)
+
         async def report(
             key: str,
             trigger: Trigger,
-            generation: int,
+            generation: int | None,
             reason: str | None,
             error: BaseException | None,
         ) -> None:
-            await asyncio.to_thread(self._report, key, trigger, generation, reason, error)
+            await in_thread(lambda: self._report(key, trigger, generation, reason, error))
 
         async def acquire() -> AsyncPermit:
-            permit = await asyncio.to_thread(self.acquire, key)
+            permit, _ = await to_completion(in_thread(lambda: self.acquire(key)))
             return AsyncPermit(key, permit.generation, report)
 
-        async with guarded_async(await acquired(acquire()), self._config.is_failure) as permit:
-            yield permit
+        return AsyncGuard(acquire, self._config.is_failure)
 
     def protect(self, key: KeyOf) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorate a function (sync or async) so that every call runs in `guard(key)`.
@@ -341,17 +341,18 @@ class CircuitBreaker(BreakerBase):
         self,
         key: str,
         trigger: Trigger,
-        generation: int,
+        generation: int | None,
         reason: str | None,
         error: BaseException | None,
     ) -> None:
         """Record a permit's outcome, fenced by the generation it was admitted under
-        (a negative one: admitted while the database was unavailable, so not fenced)."""
-        fenced = None if generation < 0 else generation
+        (None: admitted while the database was unavailable, so not fenced)."""
+        if trigger is Trigger.RELEASE and generation is None:
+            return  # we hold no probe we know of: giving one back could free another's
         if trigger is Trigger.SUCCESS:
-            self._success(key, fenced)
+            self._success(key, generation)
             return
-        self._outcome(key, trigger, reason, self._hold_of(error), fenced)
+        self._outcome(key, trigger, reason, self._hold_of(error), generation)
 
     def _outcome(
         self, key: str, trigger: Trigger, reason: str | None, hold: Hold, generation: int | None

@@ -16,7 +16,6 @@ from ._config import CircuitBreakerConfig
 from ._errors import CircuitOpenError, InvalidArgumentError, StoreUnavailableError
 from ._machine import FENCED, Decision, Hold, Trigger, audit_reason, retry_after
 from ._outage import OutageTracker
-from ._permit import capped
 from ._state import Circuit, CircuitState, Transition
 from ._tables import MAX_ACTOR_LENGTH, MAX_NAMESPACE_LENGTH
 
@@ -64,6 +63,11 @@ def check_reason(reason: object) -> None:
         raise InvalidArgumentError(
             f"reason must be None or valid text without NUL, got {reason!r:.80}"
         )
+
+
+def capped(wait: timedelta | None, cap: timedelta) -> timedelta | None:
+    """A Retry-After wait, no longer than `cap`."""
+    return None if wait is None else min(wait, cap)
 
 
 def check_hold_until(until: object) -> Hold:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._errors import InvalidArgumentError
+from ._common import check_reason
+from ._errors import DurableBreakerError, InvalidArgumentError
 from ._machine import Trigger
 
 T = TypeVar("T")
 # Reports (key, trigger, generation, reason, error); the breaker decides what it does.
-Report = Callable[[str, Trigger, int, str | None, BaseException | None], None]
-AsyncReport = Callable[[str, Trigger, int, str | None, BaseException | None], Awaitable[None]]
+Report = Callable[[str, Trigger, int | None, str | None, BaseException | None], None]
+AsyncReport = Callable[
+    [str, Trigger, int | None, str | None, BaseException | None], Awaitable[None]
+]
 
 
 def reason_of(error: BaseException) -> str:
@@ -30,13 +32,15 @@ class _Settled:
 
     __slots__ = ("_lock", "_outcome", "generation", "key")
 
-    def __init__(self, key: str, generation: int) -> None:
+    def __init__(self, key: str, generation: int | None) -> None:
         self.key = key
-        self.generation = generation  # of the circuit the call was admitted under
+        # Of the circuit the call was admitted under; None: admitted without the database.
+        self.generation = generation
         self._outcome: Trigger | None = None
         self._lock = threading.Lock()
 
-    def _settle(self, trigger: Trigger) -> None:
+    def _settle(self, trigger: Trigger, reason: str | None = None) -> None:
+        check_reason(reason)  # before settling: a bad reason must not lose the outcome
         with self._lock:
             if self._outcome is not None:
                 raise InvalidArgumentError(
@@ -64,7 +68,7 @@ class Permit(_Settled):
 
     __slots__ = ("_report",)
 
-    def __init__(self, key: str, generation: int, report: Report) -> None:
+    def __init__(self, key: str, generation: int | None, report: Report) -> None:
         super().__init__(key, generation)
         self._report = report
 
@@ -75,7 +79,7 @@ class Permit(_Settled):
 
     def failed(self, reason: str | None = None, *, error: BaseException | None = None) -> None:
         """The call failed; `error`'s Retry-After, if any, holds a trip open that long."""
-        self._settle(Trigger.FAILURE)
+        self._settle(Trigger.FAILURE, reason)
         self._report(self.key, Trigger.FAILURE, self.generation, reason, error)
 
     def abandoned(self) -> None:
@@ -89,7 +93,7 @@ class AsyncPermit(_Settled):
 
     __slots__ = ("_report",)
 
-    def __init__(self, key: str, generation: int, report: AsyncReport) -> None:
+    def __init__(self, key: str, generation: int | None, report: AsyncReport) -> None:
         super().__init__(key, generation)
         self._report = report
 
@@ -112,7 +116,7 @@ class AsyncPermit(_Settled):
     ) -> None:
         # Settled once begun: a cancellation meanwhile waits for the report to be stored,
         # then propagates (a half-written outcome would leave a probe taken for good).
-        self._settle(trigger)
+        self._settle(trigger, reason)
         _, cancelled = await to_completion(
             self._report(self.key, trigger, self.generation, reason, error)
         )
@@ -122,71 +126,125 @@ class AsyncPermit(_Settled):
 
 async def to_completion(awaitable: Awaitable[T]) -> tuple[T, bool]:
     """Await `awaitable` to its end even if the caller is cancelled meanwhile; return its
-    result and whether the caller was cancelled (then the caller re-raises)."""
-    task = asyncio.ensure_future(awaitable)
-    cancelled = False
-    while not task.done():
+    result and whether the caller was cancelled (then the caller must re-raise).
+
+    Pass a Future where the work runs in a thread: unlike a Task, `asyncio.run` does not
+    cancel it at shutdown, so the work is still awaited (and undone) then.
+    """
+    inner = asyncio.ensure_future(awaitable)
+    caller = asyncio.current_task()
+    requests = 0 if caller is None else caller.cancelling()
+    while not inner.done():
         try:
-            await asyncio.shield(task)
+            await asyncio.shield(inner)
         except asyncio.CancelledError:
-            cancelled = cancelled or not task.done()
+            if inner.done():
+                break  # the work itself was cancelled: result() raises it
         except BaseException:
-            break  # the task's own error: raised by result() below
-    if cancelled and (task.cancelled() or task.exception() is not None):
+            if not inner.done():
+                raise  # not the work's error: the coroutine is being closed
+            break
+    cancelled = caller is not None and caller.cancelling() > requests
+    if cancelled and (inner.cancelled() or inner.exception() is not None):
         raise asyncio.CancelledError  # nothing was obtained: the cancellation wins
-    return task.result(), cancelled
+    return inner.result(), cancelled
 
 
-async def acquired(
-    acquire: Awaitable[AsyncPermit],
-) -> AsyncPermit:
+async def acquired(acquire: Awaitable[AsyncPermit]) -> AsyncPermit:
     """`acquire` awaited to its end; if the caller was cancelled meanwhile, the permit it
     got is abandoned (its half-open probe given back) before the cancellation propagates."""
     permit, cancelled = await to_completion(acquire)
     if cancelled:
-        await permit.abandoned()
+        with contextlib.suppress(DurableBreakerError):  # the cancellation must win
+            await permit.abandoned()
         raise asyncio.CancelledError
     return permit
 
 
-def capped(wait: timedelta | None, cap: timedelta) -> timedelta | None:
-    """A Retry-After wait, no longer than `cap`."""
-    return None if wait is None else min(wait, cap)
-
-
-@contextlib.contextmanager
-def guarded(permit: Permit, is_failure: Callable[[BaseException], bool]) -> Iterator[Permit]:
-    """Settle `permit` from how the block ends: success on a normal exit, failure on a counted
-    exception, abandoned on anything else; the exception propagates."""
-    try:
-        yield permit
-    except BaseException as error:
-        if not permit.settled:
-            if isinstance(error, Exception) and is_failure(error):
-                permit.failed(reason_of(error), error=error)
-            else:
-                permit.abandoned()
-        raise
-    if not permit.settled:
+def _settle_from(
+    permit: Permit, error: BaseException | None, is_failure: Callable[[BaseException], bool]
+) -> None:
+    if permit.settled:
+        return
+    if error is None:
         permit.succeeded()
+    elif isinstance(error, Exception) and is_failure(error):
+        permit.failed(reason_of(error), error=error)
+    else:
+        with _unless_interrupted(error):
+            permit.abandoned()
 
 
-@contextlib.asynccontextmanager
-async def guarded_async(
-    permit: AsyncPermit, is_failure: Callable[[BaseException], bool]
-) -> AsyncIterator[AsyncPermit]:
-    """`guarded` for an `AsyncPermit` (cancellation abandons it)."""
-    try:
-        yield permit
-    except BaseException as error:
-        if not permit.settled:
-            if isinstance(error, Exception) and is_failure(error):
-                await permit.failed(reason_of(error), error=error)
-            else:
+def _unless_interrupted(error: BaseException) -> contextlib.AbstractContextManager[None]:
+    # A cancellation or an interrupt must propagate as it is: an error giving the probe back
+    # (the database is down, in "raise" mode) must not replace it.
+    if isinstance(error, Exception):
+        return contextlib.nullcontext()
+    return contextlib.suppress(DurableBreakerError)
+
+
+class Guard:
+    """`with breaker.guard(key):` — a permit acquired on entry, settled on exit: success on a
+    normal exit, failure on a counted exception, abandoned on anything else."""
+
+    __slots__ = ("_acquire", "_entered", "_is_failure", "_permit")
+
+    def __init__(
+        self, acquire: Callable[[], Permit], is_failure: Callable[[BaseException], bool]
+    ) -> None:
+        self._acquire, self._is_failure = acquire, is_failure
+        self._entered = False
+        self._permit: Permit | None = None
+
+    def __enter__(self) -> Permit:
+        if self._entered:
+            raise InvalidArgumentError("a guard is used once: call breaker.guard(key) per call")
+        self._entered = True
+        self._permit = self._acquire()
+        return self._permit
+
+    def __exit__(
+        self, _type: type[BaseException] | None, error: BaseException | None, _tb: Any
+    ) -> None:
+        assert self._permit is not None
+        _settle_from(self._permit, error, self._is_failure)
+
+
+class AsyncGuard:
+    """`async with breaker.guard_async(key):` — `Guard` for coroutines."""
+
+    __slots__ = ("_acquire", "_entered", "_is_failure", "_permit")
+
+    def __init__(
+        self,
+        acquire: Callable[[], Awaitable[AsyncPermit]],
+        is_failure: Callable[[BaseException], bool],
+    ) -> None:
+        self._acquire, self._is_failure = acquire, is_failure
+        self._entered = False
+        self._permit: AsyncPermit | None = None
+
+    async def __aenter__(self) -> AsyncPermit:
+        if self._entered:
+            raise InvalidArgumentError("a guard is used once: call guard_async(key) per call")
+        self._entered = True
+        self._permit = await acquired(self._acquire())
+        return self._permit
+
+    async def __aexit__(
+        self, _type: type[BaseException] | None, error: BaseException | None, _tb: Any
+    ) -> None:
+        permit = self._permit
+        assert permit is not None
+        if permit.settled:
+            return
+        if error is None:
+            await permit.succeeded()
+        elif isinstance(error, Exception) and self._is_failure(error):
+            await permit.failed(reason_of(error), error=error)
+        else:
+            with _unless_interrupted(error):
                 await permit.abandoned()
-        raise
-    if not permit.settled:
-        await permit.succeeded()
 
 
 KeyOf = str | Callable[..., str]

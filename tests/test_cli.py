@@ -195,12 +195,12 @@ def test_status_text_shows_since_and_retry_after_with_the_breakers_settings(
 ) -> None:
     # The trip was stamped by a fake clock in 2023; the CLI reads real time, so only a
     # cooldown longer than the gap leaves a wait to show.
-    code, out, _ = cli("--url", tripped, "status", "--cooldown", "900000000")
+    code, out, _ = cli("--url", tripped, "status", "--cooldown", "300000000")
     assert code == 0
     [line] = [line for line in out.splitlines() if line.startswith("gpt-4o")]
     assert re.search(r" 2023-11-14 22:13:20\.000000Z ", line)  # since the trip
     gap = time.time() - FakeClock().now
-    assert float(line.split()[-1].rstrip("s")) == pytest.approx(900_000_000 - gap, abs=60)
+    assert float(line.split()[-1].rstrip("s")) == pytest.approx(300_000_000 - gap, abs=60)
     [line] = [line for line in out.splitlines() if line.startswith("claude")]
     assert line.split()[-2:] == ["-", "-"]  # closed, never changed state
 
@@ -307,3 +307,21 @@ def test_history_follow_tails_every_process_until_interrupted(db_url: str) -> No
 def test_history_without_a_key_needs_follow(db_url: str) -> None:
     code, _, err = cli("--url", db_url, "history")
     assert code == 1 and "needs a KEY" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["open", "k", "--yes", "--for", "0s"],
+        ["history", "--follow", "--interval", "0"],
+        ["history", "k", "--limit", "-1"],
+    ],
+)
+def test_bad_flags_are_refused_by_name_before_anything_runs(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(["--url", "sqlite:///never-created.db", *argv])
+    assert exited.value.code == 2
+    assert f"argument {argv[-2]}" in capsys.readouterr().err  # the flag before the bad value
+    assert not Path("never-created.db").exists()

@@ -42,6 +42,10 @@ from .conftest import BreakerFactory
         ("cooldown", None),
         ("probe_timeout", timedelta(microseconds=-1)),
         ("probe_timeout", 30.0),
+        ("cooldown", timedelta.max),  # would overflow the cooldown's end
+        ("max_retry_after", timedelta(days=3661)),
+        ("store_timeout", timedelta(days=30)),  # would overflow libpq's tcp_user_timeout
+        ("is_failure", "503"),
     ],
 )
 def test_invalid_config_names_the_field(field: str, value: object) -> None:

@@ -352,3 +352,28 @@ def test_an_unfenced_abandon_never_frees_a_probe_it_may_not_hold(
     blind.abandoned()  # must not give that probe back
     with pytest.raises(CircuitOpenError):
         other.check("k")
+
+
+def test_follow_starts_with_the_last_transitions_of_its_key_however_busy_the_table(
+    make_breaker: BreakerFactory,
+) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=1))
+    for _ in range(3):
+        breaker.record_failure("k")
+        breaker.reset("k")
+    noise = {
+        "namespace": "default",
+        "key": "noise",
+        "from_state": "closed",
+        "to_state": "open",
+        "trigger": "failure",
+        "at": datetime.now(UTC),
+        "consecutive_failures": 1,
+        "actor": "elsewhere",
+    }
+    with breaker._store.engine.begin() as connection:
+        connection.execute(insert(transitions), [noise] * 1200)
+    stop = threading.Event()
+    stop.set()  # the backlog only
+    got = [(t.key, t.to_state.value) for t in breaker.follow("k", last=5, stop=stop)]
+    assert got == [("k", "closed"), ("k", "open"), ("k", "closed"), ("k", "open"), ("k", "closed")]

@@ -578,9 +578,9 @@ def test_writes_bound_their_lock_wait_and_migrations_do_not(pg_url: str) -> None
             b.reset("k")  # a locked transaction
         locks = [s for s in statements if "_timeout" in s or "advisory" in s]
         bounded = (  # SET LOCAL, for each: in one statement
-            "SELECT set_config('lock_timeout', '5000', true), "
-            "set_config('statement_timeout', '5000', true), "
-            "set_config('idle_in_transaction_session_timeout', '5000', true)"
+            "SELECT pg_catalog.set_config('lock_timeout', '5000', true), "
+            "pg_catalog.set_config('statement_timeout', '5000', true), "
+            "pg_catalog.set_config('idle_in_transaction_session_timeout', '5000', true)"
         )
         assert locks == [
             bounded,  # every write transaction starts bounded...

@@ -513,26 +513,27 @@ class CircuitBreaker(BreakerBase):
         # polls as span ten store timeouts (a write that rolled back never shows up).
         wanted: dict[int, int] = {}  # id -> the poll it was skipped at
         patience = max(1, round(10 * self._config.store_timeout / poll))
-        limit = max(1000, last * 10)
-        backlog, ids = store.transitions_after(None, limit)
-        shown = [t for t in backlog if key is None or t.key == key]
-        yield from shown[len(shown) - last :] if last else ()
-        # Ids missing among the backlog's, and (when it holds the whole table) just below
-        # its first, may belong to transactions still in flight.
+        limit = 1000
+        _, ids = store.transitions_after(None, limit)  # the table's last ids: where it ends
+        backlog = store.history(key, last) if last else []
+        yield from backlog
+        shown = {t.id for t in backlog}  # read after `ids`: a poll may bring them again
+        # Ids missing among those, and (when they are the whole table) just below the first,
+        # may belong to transactions still in flight.
         seen = min(ids, default=1) - 1
         if len(ids) < limit:
             seen = max(0, seen - _IN_FLIGHT)
         polls = 0
         found: list[Transition] = []
         while True:
-            for number in ids:  # the backlog's ids first, then each poll's
+            for number in ids:  # the table's last ids first, then each poll's
                 if number > seen:
                     if number - seen <= _MAX_GAP:  # (a longer jump: a sequence reset)
                         wanted.update(dict.fromkeys(range(seen + 1, number), polls))
                     seen = number
                 wanted.pop(number, None)
             for transition in found:
-                if key is None or transition.key == key:
+                if (key is None or transition.key == key) and transition.id not in shown:
                     yield transition
             for gap in [gap for gap, skipped in wanted.items() if polls - skipped > patience]:
                 del wanted[gap]

@@ -269,6 +269,19 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _positive_seconds(text: str) -> float:
+    seconds = _seconds(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds above 0, got {text!r}")
+    return seconds
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 def _seconds_or_none(text: str) -> float | None:
     return None if text.lower() == "none" else _seconds(text)
 
@@ -284,6 +297,13 @@ def _age(text: str) -> timedelta:
             f"expected a whole number and a unit s, m, h, d or w (e.g. 30d), got {text!r}"
         )
     return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+
+
+def _positive_age(text: str) -> timedelta:
+    age = _age(text)
+    if age <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"expected a duration above 0 (e.g. 15m), got {text!r}")
+    return age
 
 
 def _positive(text: str) -> int:
@@ -338,7 +358,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     history = commands.add_parser("history", help="a key's transitions, oldest first")
     history.add_argument("key", nargs="?", help="the key (optional with --follow: every key)")
-    history.add_argument("--limit", type=int, default=None, help="only the last N")
+    history.add_argument("--limit", type=_count, default=None, help="only the last N")
     history.add_argument("--json", action="store_true", help="one JSON object per line with -f")
     history.add_argument(
         "-f",
@@ -348,13 +368,17 @@ def _parser() -> argparse.ArgumentParser:
         "are committed, until interrupted",
     )
     history.add_argument(
-        "--interval", type=_seconds, default=0.5, metavar="SECONDS", help="poll (%(default)s)"
+        "--interval",
+        type=_positive_seconds,
+        default=0.5,
+        metavar="SECONDS",
+        help="poll (%(default)s)",
     )
     force = commands.add_parser(
         "open", help="hold a key's circuit open until reset, or for a time (audited)"
     )
     force.add_argument("key")
-    force.add_argument("--for", dest="for_", type=_age, metavar="AGE", help="e.g. 15m")
+    force.add_argument("--for", dest="for_", type=_positive_age, metavar="AGE", help="e.g. 15m")
     force.add_argument("--yes", action="store_true", help="confirm")
     force.add_argument("--reason", default=None)
     disable = commands.add_parser(

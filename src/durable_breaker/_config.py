@@ -11,6 +11,9 @@ from ._classify import is_llm_failure
 from ._errors import InvalidArgumentError
 
 StoreErrorMode = Literal["fallback", "allow", "deny", "raise"]
+# Longer settings are mistakes, and would overflow date arithmetic or driver settings.
+_LONGEST_DURATION = timedelta(days=3660)
+_LONGEST_WAIT = timedelta(days=1)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -55,9 +58,11 @@ class CircuitBreakerConfig:
             value = getattr(self, name)
             if value is None and name == "probe_timeout":
                 continue
-            if not isinstance(value, timedelta) or value < timedelta(0):
+            longest = _LONGEST_WAIT if name == "store_timeout" else _LONGEST_DURATION
+            if not isinstance(value, timedelta) or not timedelta(0) <= value <= longest:
                 raise InvalidArgumentError(
-                    f"{name} must be a non-negative datetime.timedelta, got {value!r}"
+                    f"{name} must be a datetime.timedelta from 0 to {longest.days} days, "
+                    f"got {value!r}"
                 )
         if self.store_timeout <= timedelta(0):
             raise InvalidArgumentError(

@@ -105,7 +105,7 @@ def _bounds_statement(options: str, timeout_ms: int) -> str | None:
     if not settings:
         return None
     return "SELECT " + ", ".join(
-        f"set_config('{setting}', '{timeout_ms}', true)" for setting in settings
+        f"pg_catalog.set_config('{setting}', '{timeout_ms}', true)" for setting in settings
     )
 
 
@@ -171,8 +171,8 @@ def _sqlite_on_begin(connection: Connection) -> None:
 
 def _postgres_on_begin(bounds: str, connection: Connection) -> None:
     # A row lock held by a stalled process must not block every writer of that key forever.
-    # SET LOCAL, per transaction: safe behind PgBouncer in transaction mode (a session SET
-    # would leak to other clients), and migrations lift both for their own transaction.
+    # Per transaction (set_config(..., true), as SET LOCAL): safe behind PgBouncer in
+    # transaction mode (a session SET would leak to other clients); migrations lift them.
     if connection.get_execution_options().get(_IMMEDIATE):
         connection.exec_driver_sql(bounds)
 

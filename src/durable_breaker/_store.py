@@ -124,14 +124,13 @@ class Statements:
             .order_by(circuits.c.key)
         )
 
-    def history_query(self, key: str, limit: int | None) -> Any:
-        """The last `limit` transitions of `key` (all when None), newest first."""
-        return (
-            select(transitions)
-            .where(transitions.c.namespace == self.namespace, transitions.c.key == key)
-            .order_by(transitions.c.id.desc())
-            .limit(limit)
-        )
+    def history_query(self, key: str | None, limit: int | None) -> Any:
+        """The last `limit` transitions of `key` (of every key when None; all of them when
+        `limit` is None), newest first."""
+        query = select(transitions).where(transitions.c.namespace == self.namespace)
+        if key is not None:
+            query = query.where(transitions.c.key == key)
+        return query.order_by(transitions.c.id.desc()).limit(limit)
 
     def fire_steps(
         self,
@@ -367,8 +366,8 @@ class SqlStore(Statements):
 
         return stored_circuits(with_retries(self.engine, "list circuits", self.timeout_s, read))
 
-    def history(self, key: str, limit: int | None) -> list[Transition]:
-        """The last `limit` transitions of `key` (all when None), oldest first."""
+    def history(self, key: str | None, limit: int | None) -> list[Transition]:
+        """The last `limit` transitions of `key` (or of every key), oldest first."""
         query = self.history_query(key, limit)
 
         def read() -> Any:

@@ -251,7 +251,7 @@ class CircuitBreaker(BreakerBase):
 
     def _admit(self, key: str) -> int | None:
         """`check`; returns the generation of the circuit the call was admitted under
-        (None: admitted without the database, by on_store_error="allow")."""
+        (None: admitted without the database, by on_store_error "fallback" or "allow")."""
         answer = None if self._cache is None or type(key) is not str else self._cache.get(key)
         if answer is not None and not self._closed:
             now = self._clock()
@@ -305,6 +305,7 @@ class CircuitBreaker(BreakerBase):
             await in_thread(lambda: self._report(key, trigger, generation, reason, error))
 
         async def acquire() -> AsyncPermit:
+            # Finished even if cancelled meanwhile: AsyncGuard then gives the probe back.
             permit, _ = await to_completion(in_thread(lambda: self.acquire(key)))
             return AsyncPermit(key, permit.generation, report)
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 from durable_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState
 from durable_breaker._machine import Trigger
 
@@ -268,14 +270,45 @@ class KillSummary:
     problems: list[str]  # broken chains, or a key the survivor could not change
 
 
+CHILD_APPLICATION = "durable-breaker crash child"
+
+
+def _child_url(url: str) -> str:
+    """`url` with the killed child's sessions named, so the parent can wait for them to end."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return url
+    named = parsed.update_query_dict({"application_name": CHILD_APPLICATION})
+    return named.render_as_string(hide_password=False)
+
+
+def _wait_for_dead_sessions(survivor: CircuitBreaker) -> None:
+    """On PostgreSQL, a killed client's session still runs what it had already sent (a whole
+    pipelined write, COMMIT included) before it notices the client is gone: wait until the
+    server has ended it, so that what is stored no longer changes while it is checked."""
+    engine = survivor._store.engine
+    if engine.dialect.name != "postgresql":
+        return  # SQLite runs in the killed process itself: nothing outlives it
+    query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with engine.connect() as connection:
+            if connection.execute(query, {"name": CHILD_APPLICATION}).scalar() == 0:
+                return
+        time.sleep(0.01)
+    raise AssertionError("the killed child's PostgreSQL session did not end within 30 s")
+
+
 def kill_rounds(url: str, rounds: int, seed: int = 2026) -> KillSummary:
-    """Fork, let the child work, SIGKILL it at a random moment; after each kill check the
-    audit chains and that this process can still change every key."""
+    """Fork, let the child work, SIGKILL it at a random moment; after each kill (and once the
+    server has ended its sessions) check the audit chains and that this process can still
+    change every key."""
     rng = random.Random(seed)
     problems: list[str] = []
     with CircuitBreaker(url, CHURN) as survivor:
         for round_ in range(rounds):
-            fork_and_kill(url, seed=seed + round_, delay_s=rng.uniform(0, 0.03))
+            fork_and_kill(_child_url(url), seed=seed + round_, delay_s=rng.uniform(0, 0.03))
+            _wait_for_dead_sessions(survivor)
             for key in CRASH_KEYS:
                 problems += chain_breaks(key, survivor.history(key), survivor.state(key))
                 survivor.record_success(key)

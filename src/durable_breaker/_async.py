@@ -303,8 +303,6 @@ class AsyncCircuitBreaker(BreakerBase):
         reason: str | None,
         error: BaseException | None,
     ) -> None:
-        if trigger is Trigger.RELEASE and generation is None:
-            return  # we hold no probe we know of: giving one back could free another's
         hold = self._hold_of(error) if trigger is Trigger.FAILURE else None
         await self._outcome(key, trigger, reason, hold, generation)
 

@@ -348,8 +348,6 @@ class CircuitBreaker(BreakerBase):
     ) -> None:
         """Record a permit's outcome, fenced by the generation it was admitted under
         (None: admitted while the database was unavailable, so not fenced)."""
-        if trigger is Trigger.RELEASE and generation is None:
-            return  # we hold no probe we know of: giving one back could free another's
         if trigger is Trigger.SUCCESS:
             self._success(key, generation)
             return

@@ -50,6 +50,12 @@ class _Settled:
             self._outcome = trigger
 
     @property
+    def _holds_known_probe(self) -> bool:
+        # Admitted without the database (generation None), a permit cannot know which probe,
+        # if any, it holds: giving one back could free another process's.
+        return self.generation is not None
+
+    @property
     def settled(self) -> bool:
         """Whether an outcome was reported."""
         return self._outcome is not None
@@ -85,7 +91,8 @@ class Permit(_Settled):
     def abandoned(self) -> None:
         """The call ended without an outcome to count (cancelled, interrupted, ignored)."""
         self._settle(Trigger.RELEASE)
-        self._report(self.key, Trigger.RELEASE, self.generation, None, None)
+        if self._holds_known_probe:
+            self._report(self.key, Trigger.RELEASE, self.generation, None, None)
 
 
 class AsyncPermit(_Settled):
@@ -117,6 +124,8 @@ class AsyncPermit(_Settled):
         # Settled once begun: a cancellation meanwhile waits for the report to be stored,
         # then propagates (a half-written outcome would leave a probe taken for good).
         self._settle(trigger, reason)
+        if trigger is Trigger.RELEASE and not self._holds_known_probe:
+            return
         _, cancelled = await to_completion(
             self._report(self.key, trigger, self.generation, reason, error)
         )

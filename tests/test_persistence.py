@@ -6,6 +6,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -536,6 +537,46 @@ def test_a_row_lock_held_elsewhere_times_out_as_a_busy_store(pg_url: str, clock:
             holder.dispose()
         breaker.record_failure("k")  # the lock is gone: it works again
         assert breaker.state("k") is CircuitState.OPEN
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("stored_failures", "what"),
+    [(None, "a new row"), (1, "a count"), (2, "a trip and its audit row")],
+)
+def test_an_optimistic_write_bounds_its_own_lock_wait(
+    pg_url: str, stored_failures: int | None, what: str
+) -> None:
+    # The one-statement write sets its timeouts itself (store_timeout, here 0.3 s): a row
+    # lock held elsewhere makes it give up as busy, long before the stall watchdog would.
+    config = CircuitBreakerConfig(
+        failure_threshold=3, on_store_error="raise", store_timeout=timedelta(seconds=0.3)
+    )
+    holder = make_engine(pg_url)
+    try:
+        with CircuitBreaker(pg_url, config) as breaker, holder.begin() as connection:
+            if stored_failures is None:  # another transaction is inserting the same key
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO durable_breaker_circuit (namespace, key, state, "
+                        "consecutive_failures, half_open_probes, version, updated_at) "
+                        "VALUES ('default', 'k', 'closed', 0, 0, 1, now())"
+                    )
+                )
+            else:
+                for _ in range(stored_failures):
+                    breaker.record_failure("k")
+                breaker.check("k")  # seen by this thread: the failure is written, not read
+                connection.execute(
+                    sa.text("SELECT 1 FROM durable_breaker_circuit WHERE key = 'k' FOR UPDATE")
+                )
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="LockNotAvailable") as busy:
+                breaker.record_failure("k")
+            assert not busy.value.unreachable, what
+            assert time.monotonic() - started < 1.2, what  # the watchdog's would be 1.3 s
+    finally:
+        holder.dispose()
 
 
 def test_an_sqlite_database_is_left_in_wal_mode(tmp_path: Any) -> None:

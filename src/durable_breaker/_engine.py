@@ -33,7 +33,7 @@ _log = logging.getLogger("durable_breaker")
 
 # Engines we made, so a forked child can drop the connections it inherited (see below).
 _OWN_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
-_WRITE_BOUNDS: weakref.WeakKeyDictionary[Engine, tuple[str, ...]] = weakref.WeakKeyDictionary()
+_WRITE_BOUNDS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 
 
 # How many times this process is a fork of the one that imported us: connections opened
@@ -90,7 +90,8 @@ def make_engine(url: str | URL, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
         bounds = _bounds_statement(options, timeout_ms)
         if bounds:
             event.listen(engine, "begin", functools.partial(_postgres_on_begin, bounds))
-        _WRITE_BOUNDS[engine] = (bounds,) if bounds else ()
+        if bounds:
+            _WRITE_BOUNDS[engine] = bounds
         StallWatchdog(timeout_s + STALL_MARGIN_S).install(engine)
     prepare_engine(engine)
     _OWN_ENGINES.add(engine)
@@ -109,9 +110,10 @@ def _bounds_statement(options: str, timeout_ms: int) -> str | None:
     )
 
 
-def write_bounds(engine: Engine) -> tuple[str, ...]:
-    """The statements that bound a write transaction on `engine` (ours only)."""
-    return _WRITE_BOUNDS.get(engine, ())
+def write_bounds(engine: Engine) -> str | None:
+    """The statement that bounds a write transaction's waits on `engine` (None: the URL
+    bounds them all, or the engine is the caller's)."""
+    return _WRITE_BOUNDS.get(engine)
 
 
 def owns(engine: Engine) -> bool:

@@ -10,7 +10,6 @@ listings) goes through SQLAlchemy.
 
 from __future__ import annotations
 
-import contextlib
 import select as io_select
 import sqlite3
 import threading
@@ -76,7 +75,6 @@ def _statements(p: str) -> dict[str, str]:
 
 
 _STATES = {state.value: state for state in CircuitState}
-_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open
 _CHECKOUT_TRIES = 20  # dead pooled connections skipped before asking for a fresh one
 
 
@@ -131,7 +129,42 @@ def _sqlite_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 _SQLITE = _statements("?")
-_POSTGRES = _statements("%s")
+
+
+def _postgres_writes(bounds: str | None) -> dict[tuple[bool, bool], str]:
+    """The optimistic write as one statement, by (the row is new, audited).
+
+    `bounds` (the write transaction's timeouts, set with set_config(..., true)) runs first, in
+    a CTE the write reads from: in force, for this statement only, before it can wait for a
+    row lock; one prepared statement costs less than a pipelined BEGIN, bounds, write and
+    COMMIT. (The table lock is taken before that, but only DDL such as a migration conflicts
+    with it, and the stall watchdog bounds that wait.)
+    """
+    p = "%s"
+    stored = ", ".join([p] * 7)
+    source = "" if bounds is None else " FROM bounds"
+    writes = {
+        True: (
+            f"INSERT INTO durable_breaker_circuit (namespace, key, {_STORED}, updated_at, "
+            f"version) SELECT {p}, {p}, {stored}, {p}, 1{source} ON CONFLICT DO NOTHING "
+            "RETURNING version"
+        ),
+        False: (
+            f"UPDATE durable_breaker_circuit SET ({_STORED}, updated_at) = ({stored}, {p}), "
+            f"version = version + 1{source} WHERE namespace = {p} AND key = {p} "
+            f"AND version = {p} RETURNING version"
+        ),
+    }
+    ctes = [] if bounds is None else [f"bounds AS MATERIALIZED ({bounds})"]
+    audit = (
+        f"INSERT INTO durable_breaker_transition ({_AUDITED}) "
+        f"SELECT {', '.join([p] * 9)} FROM changed RETURNING id"
+    )
+    statements = {}
+    for new, write in writes.items():
+        statements[new, False] = f"WITH {ctes[0]} {write}" if ctes else write
+        statements[new, True] = f"WITH {', '.join([*ctes, f'changed AS ({write})'])} {audit}"
+    return statements
 
 
 class _ThreadConnection:
@@ -240,6 +273,7 @@ class PostgresRaw:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._parsed = _Parsed(_postgres_time)
+        self._writes = _postgres_writes(write_bounds(engine))
         self._sql = (
             f"SELECT {_COLUMNS} FROM durable_breaker_circuit WHERE namespace = %s AND key = %s"
         )
@@ -252,53 +286,25 @@ class PostgresRaw:
         """Apply `change`, and its audit row, in one statement if its row is unchanged; the
         row's new version, or None if not. One statement: one round trip, all or nothing."""
         if change.version is None:
-            sql, params = (
-                _POSTGRES["insert"],
-                (change.namespace, change.key, *change.stored, change.now),
-            )
+            params: tuple[Any, ...] = (change.namespace, change.key, *change.stored, change.now)
         else:
-            sql = _POSTGRES["update"]
             params = (*change.stored, change.now, change.namespace, change.key, change.version)
-        if change.audit is None:
-            sql += " RETURNING version"
-        else:
-            columns = ", ".join(["%s"] * 9)
-            sql = (
-                f"WITH changed AS ({sql} RETURNING version) INSERT INTO "
-                f"durable_breaker_transition ({_AUDITED}) SELECT {columns} FROM changed "
-                "RETURNING id"
-            )
+        if change.audit is not None:
             params = (*params, *change.audit)
-        if self._execute(sql, params, bounded=True) is None:
+        sql = self._writes[change.version is None, change.audit is not None]
+        if self._execute(sql, params) is None:
             return None
         return 1 if change.version is None else change.version + 1
 
-    def _execute(self, sql: str, params: tuple[Any, ...], *, bounded: bool = False) -> Any:
-        """The first row `sql` returns (None if none), in autocommit; `bounded`: in a
-        transaction with the engine's lock and statement timeouts, sent as one pipeline (one
-        round trip), so that a write never waits for a lock longer than a locked one would."""
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """The first row `sql` returns (None if none), in autocommit."""
         pooled = self._checkout()
         connection: Any = pooled.dbapi_connection
         try:
             # Autocommit: no BEGIN and COMMIT or ROLLBACK round trips around one statement.
             # Always restored: the pool's other users run transactions on this connection.
             connection.autocommit = True
-            bounds = write_bounds(self._engine) if bounded else ()
-            if not bounds:
-                row = connection.execute(sql, params).fetchone()
-            else:
-                try:
-                    with connection.pipeline():
-                        connection.execute("BEGIN")
-                        for bound in bounds:
-                            connection.execute(bound)
-                        cursor = connection.execute(sql, params)
-                        connection.execute("COMMIT")
-                    row = cursor.fetchone()
-                finally:
-                    if not connection.closed and connection.info.transaction_status != _IDLE:
-                        with contextlib.suppress(self._engine.dialect.loaded_dbapi.Error):
-                            connection.execute("ROLLBACK")  # an error left it open
+            row = connection.execute(sql, params).fetchone()
             connection.autocommit = False
             return row
         except self._engine.dialect.loaded_dbapi.Error as error:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -796,3 +799,62 @@ def test_sqlite_times_are_written_as_sqlalchemy_writes_them(tmp_path: Any) -> No
             assert text.scalar() == "0999-01-02 03:04:05.000000"
         assert breaker.history("k") == []
         assert breaker.status()[0].consecutive_failures == 1
+
+
+def _traced_reads(breaker: CircuitBreaker) -> list[str]:
+    """The statements this thread's SQLite read connection runs from now on."""
+    statements: list[str] = []
+    held = breaker._store._raw._thread_connection()  # type: ignore[union-attr]
+    held.connection.set_trace_callback(statements.append)
+    return statements
+
+
+def test_sqlite_rereads_a_row_only_when_another_connection_has_committed(
+    tmp_path: Any,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(hours=1))
+    with CircuitBreaker(url, config) as breaker:
+        breaker.check("gpt-4o")
+        statements = _traced_reads(breaker)
+        breaker.check("gpt-4o")  # nothing committed since: no row read
+        assert statements == ["PRAGMA data_version"]
+        statements.clear()
+        # Another process trips it (the CLI, committing through its own connection).
+        script = Path(sys.executable).parent / "durable-breaker"
+        done = subprocess.run(
+            [str(script), "--url", url, "open", "gpt-4o", "--yes"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        with pytest.raises(CircuitOpenError):
+            breaker.check("gpt-4o")
+        assert [s.split()[0] for s in statements] == ["PRAGMA", "SELECT"]
+
+
+def test_sqlite_forgets_what_it_read_of_a_key_it_writes_itself(tmp_path: Any) -> None:
+    # Its own commits do not change its data_version: the row it wrote must be read again.
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(hours=1))
+    with CircuitBreaker(f"sqlite:///{tmp_path / 'b.db'}", config) as breaker:
+        breaker.check("gpt-4o")
+        breaker.check("gpt-4o")  # answered from what it read
+        breaker.record_failure("gpt-4o")  # a trip, written on the same connection
+        with pytest.raises(CircuitOpenError):
+            breaker.check("gpt-4o")
+
+
+def test_sqlite_stops_asking_for_data_version_while_others_commit_between_most_reads(
+    tmp_path: Any,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    with CircuitBreaker(url) as breaker, CircuitBreaker(url) as other:
+        breaker.check("gpt-4o")
+        statements = _traced_reads(breaker)
+        for round_ in range(12):
+            other.record_failure(f"other-{round_}")  # another connection commits
+            breaker.check("gpt-4o")
+        verbs = [s.split()[0] for s in statements]
+        # Four checks find data_version changed (a pragma, then the read): then reads only.
+        assert verbs == ["PRAGMA", "SELECT"] * 4 + ["SELECT"] * 8

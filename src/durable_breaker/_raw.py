@@ -75,6 +75,9 @@ def _statements(p: str) -> dict[str, str]:
 
 
 _STATES = {state.value: state for state in CircuitState}
+_KNOWN_KEYS = 4096  # rows each SQLite thread connection keeps while nothing changes
+_STALE_CHECKS = 4  # data_version found changed this many times in a row: stop checking...
+_SKIPPED_CHECKS = 64  # ...for this many reads
 _CHECKOUT_TRIES = 20  # dead pooled connections skipped before asking for a fresh one
 
 
@@ -168,14 +171,58 @@ def _postgres_writes(bounds: str | None) -> dict[tuple[bool, bool], str]:
 
 
 class _ThreadConnection:
-    """One thread's sqlite3 connection; closed when the thread ends and drops it."""
+    """One thread's sqlite3 connection, with the rows it read that are still current; closed
+    when the thread ends and drops it.
 
-    __slots__ = ("__weakref__", "connection", "cursor", "forks")
+    PRAGMA data_version changes with every commit made through another connection (in any
+    process), and costs less than reading a row: while it has not changed, the rows read
+    since it was last seen are current, and a healthy key's `check` reads nothing else.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "connection",
+        "cursor",
+        "forks",
+        "data_version",
+        "known",
+        "stale",
+        "skips",
+    )
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
         self.cursor = connection.cursor()
         self.forks = _engine.forks
+        self.data_version = self._data_version()
+        self.known: dict[tuple[str, str], Versioned | None] = {}  # read since data_version
+        self.stale = 0  # checks in a row that found data_version changed
+        self.skips = 0  # reads left that do not check it first (a busy database)
+
+    def _data_version(self) -> int:
+        return int(self.cursor.execute("PRAGMA data_version").fetchone()[0])
+
+    def unchanged(self) -> bool:
+        """Whether nothing was committed elsewhere since the `known` rows were read."""
+        if self.skips:
+            self.skips -= 1
+            return False
+        data_version = self._data_version()
+        if data_version == self.data_version:
+            self.stale = 0
+            return True
+        self.known.clear()
+        self.data_version = data_version
+        self.stale += 1
+        if self.stale == _STALE_CHECKS:  # others write between most reads: just read a while
+            self.stale, self.skips = 0, _SKIPPED_CHECKS
+        return False
+
+    def remember(self, name: tuple[str, str], stored: Versioned | None) -> None:
+        """Keep a row read after data_version was last seen (so current while it holds)."""
+        if len(self.known) >= _KNOWN_KEYS:
+            self.known.clear()
+        self.known[name] = stored
 
     def close(self) -> None:
         self.connection.close()
@@ -206,16 +253,22 @@ class SqliteRaw:
         self._parsed = _Parsed(_sqlite_time)
 
     def load(self, namespace: str, key: str) -> Versioned | None:
-        cursor = self._thread_connection().cursor
+        held = self._thread_connection()
+        name = (namespace, key)
         try:
-            row = cursor.execute(self._sql, (namespace, key)).fetchone()
+            if name in held.known and held.unchanged():
+                return held.known[name]
+            row = held.cursor.execute(self._sql, name).fetchone()
         except sqlite3.Error as error:
             raise _wrapped(self._engine, self._sql, error, invalidated=False) from error
-        return None if row is None else self._parsed.circuit(row)
+        stored = None if row is None else self._parsed.circuit(row)
+        held.remember(name, stored)
+        return stored
 
     def write(self, change: Change) -> int | None:
         """Apply `change` if its row is unchanged; the row's new version, or None if not."""
         held = self._thread_connection()
+        held.known.pop((change.namespace, change.key), None)  # (its own commits keep data_version)
         cursor, sql = held.cursor, _SQLITE
         stored = _sqlite_values(change.stored)
         now = _sqlite_text(change.now)
@@ -255,9 +308,14 @@ class SqliteRaw:
         if held is None or held.forks != _engine.forks:  # a new thread, or a forked child
             try:
                 connection = sqlite3.connect(self._database, **self._connect_kwargs)
+                try:
+                    held = _ThreadConnection(connection)
+                except BaseException:
+                    connection.close()
+                    raise
             except sqlite3.Error as error:
                 raise _wrapped(self._engine, "connect", error, invalidated=False) from error
-            held = self._local.held = _ThreadConnection(connection)
+            self._local.held = held
             self._opened.add(held)
         return held
 

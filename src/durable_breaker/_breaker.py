@@ -53,6 +53,9 @@ from ._store import SqlStore
 from ._tables import MAX_KEY_LENGTH
 from ._urls import safe_url
 
+# The hot path's triggers as module constants: reading an Enum member off its class costs
+# about 0.1 us on Python 3.11, a few times per guarded call.
+_CHECK, _SUCCESS = Trigger.CHECK, Trigger.SUCCESS
 _MAX_GAP = 1000  # `follow` waits for at most this many ids skipped over at once
 _IN_FLIGHT = 100  # ids below its first that `follow` may still see committed
 P = ParamSpec("P")
@@ -194,7 +197,7 @@ class CircuitBreaker(BreakerBase):
                 stored = decision.after if writes else decision.before
                 self._outage.answered(key, stored)
                 if not peek:
-                    checked = trigger is Trigger.CHECK
+                    checked = trigger is _CHECK
                     self._seen_here.last = _Seen(key, stored, version, decision.now, epoch, checked)
                     if checked and not writes and cache is not None:
                         cache.fill(key, stored, version, decision, seen_changes)
@@ -223,7 +226,7 @@ class CircuitBreaker(BreakerBase):
         else reads the committed row first (optimistically: most calls change nothing, and
         a decision that writes nothing needs no lock).
         """
-        if trigger is not Trigger.CHECK and not peek:
+        if trigger is not _CHECK and not peek:
             seen = getattr(self._seen_here, "last", None)
             if seen is not None and seen.key == key:
                 base: tuple[Circuit, int | None] | None = (seen.circuit, seen.version)
@@ -260,7 +263,7 @@ class CircuitBreaker(BreakerBase):
                     return answer.circuit.generation
                 self._reject(key, answer.circuit.state, answer.until - now)
         try:
-            decision = self._fire(key, Trigger.CHECK, fall_back=False)
+            decision = self._fire(key, _CHECK, fall_back=False)
         except StoreUnavailableError as error:
             self._admitted_without_store(key, error)
             return None
@@ -390,11 +393,11 @@ class CircuitBreaker(BreakerBase):
                 and seen.checked
                 and seen.key == key
                 and seen.epoch == self._write_epoch
-                and not decide(seen.circuit, Trigger.SUCCESS, seen.now, self._config).needs_write
+                and not decide(seen.circuit, _SUCCESS, seen.now, self._config).needs_write
             ):
                 return
         try:
-            self._fire(key, Trigger.SUCCESS, generation=generation)
+            self._fire(key, _SUCCESS, generation=generation)
         except StoreUnavailableError as error:
             self._unless_unavailable(error)
 

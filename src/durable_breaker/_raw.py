@@ -75,6 +75,7 @@ def _statements(p: str) -> dict[str, str]:
 
 
 _STATES = {state.value: state for state in CircuitState}
+_DATA_VERSION = "PRAGMA data_version"
 _KNOWN_KEYS = 4096  # rows each SQLite thread connection keeps while nothing changes
 _STALE_CHECKS = 4  # data_version found changed this many times in a row: stop checking...
 _SKIPPED_CHECKS = 64  # ...for this many reads
@@ -194,20 +195,17 @@ class _ThreadConnection:
         self.connection = connection
         self.cursor = connection.cursor()
         self.forks = _engine.forks
-        self.data_version = self._data_version()
+        self.data_version = self.cursor.execute(_DATA_VERSION).fetchone()[0]
         self.known: dict[tuple[str, str], Versioned | None] = {}  # read since data_version
         self.stale = 0  # checks in a row that found data_version changed
         self.skips = 0  # reads left that do not check it first (a busy database)
-
-    def _data_version(self) -> int:
-        return int(self.cursor.execute("PRAGMA data_version").fetchone()[0])
 
     def unchanged(self) -> bool:
         """Whether nothing was committed elsewhere since the `known` rows were read."""
         if self.skips:
             self.skips -= 1
             return False
-        data_version = self._data_version()
+        data_version = self.cursor.execute(_DATA_VERSION).fetchone()[0]
         if data_version == self.data_version:
             self.stale = 0
             return True
@@ -253,7 +251,9 @@ class SqliteRaw:
         self._parsed = _Parsed(_sqlite_time)
 
     def load(self, namespace: str, key: str) -> Versioned | None:
-        held = self._thread_connection()
+        held: _ThreadConnection | None = getattr(self._local, "held", None)
+        if held is None or held.forks != _engine.forks:
+            held = self._thread_connection()
         name = (namespace, key)
         try:
             if name in held.known and held.unchanged():

@@ -574,10 +574,39 @@ def test_an_optimistic_write_bounds_its_own_lock_wait(
                     sa.text("SELECT 1 FROM durable_breaker_circuit WHERE key = 'k' FOR UPDATE")
                 )
             started = time.monotonic()
-            with pytest.raises(StoreUnavailableError, match="LockNotAvailable") as busy:
+            # The lock timeout, or the statement timeout (set to the same): either bound.
+            with pytest.raises(
+                StoreUnavailableError, match="LockNotAvailable|QueryCanceled"
+            ) as busy:
                 breaker.record_failure("k")
             assert not busy.value.unreachable, what
             assert time.monotonic() - started < 1.2, what  # the watchdog's would be 1.3 s
+    finally:
+        holder.dispose()
+
+
+@pytest.mark.postgres
+def test_an_optimistic_write_bounds_its_wait_for_a_table_lock_and_never_lands_late(
+    pg_url: str,
+) -> None:
+    # DDL such as CREATE INDEX holds a SHARE lock: reads go on, writes wait for the table.
+    config = CircuitBreakerConfig(
+        failure_threshold=3, on_store_error="raise", store_timeout=timedelta(seconds=0.3)
+    )
+    holder = make_engine(pg_url)
+    try:
+        with CircuitBreaker(pg_url, config) as breaker:
+            breaker.record_failure("k")
+            with holder.begin() as connection:
+                connection.execute(sa.text("LOCK TABLE durable_breaker_circuit IN SHARE MODE"))
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailableError) as busy:
+                    breaker.record_failure("k")
+                assert not busy.value.unreachable  # a timeout, not the stall watchdog
+                assert time.monotonic() - started < 1.2
+            # The lock is gone: the failed write did not wait on the server to land now.
+            time.sleep(0.2)
+            assert [s.consecutive_failures for s in breaker.status()] == [1]
     finally:
         holder.dispose()
 

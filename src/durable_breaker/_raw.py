@@ -79,6 +79,7 @@ _DATA_VERSION = "PRAGMA data_version"
 _KNOWN_KEYS = 4096  # rows each SQLite thread connection keeps while nothing changes
 _STALE_CHECKS = 4  # data_version found changed this many times in a row: stop checking...
 _SKIPPED_CHECKS = 64  # ...for this many reads
+_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open
 _CHECKOUT_TRIES = 20  # dead pooled connections skipped before asking for a fresh one
 
 
@@ -135,40 +136,34 @@ def _sqlite_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
 _SQLITE = _statements("?")
 
 
-def _postgres_writes(bounds: str | None) -> dict[tuple[bool, bool], str]:
-    """The optimistic write as one statement, by (the row is new, audited).
-
-    `bounds` (the write transaction's timeouts, set with set_config(..., true)) runs first, in
-    a CTE the write reads from: in force, for this statement only, before it can wait for a
-    row lock; one prepared statement costs less than a pipelined BEGIN, bounds, write and
-    COMMIT. (The table lock is taken before that, but only DDL such as a migration conflicts
-    with it, and the stall watchdog bounds that wait.)
-    """
+def _postgres_writes() -> dict[tuple[bool, bool], str]:
+    """The optimistic write as one statement, by (the row is new, audited)."""
     p = "%s"
     stored = ", ".join([p] * 7)
-    source = "" if bounds is None else " FROM bounds"
     writes = {
         True: (
             f"INSERT INTO durable_breaker_circuit (namespace, key, {_STORED}, updated_at, "
-            f"version) SELECT {p}, {p}, {stored}, {p}, 1{source} ON CONFLICT DO NOTHING "
+            f"version) VALUES ({p}, {p}, {stored}, {p}, 1) ON CONFLICT DO NOTHING "
             "RETURNING version"
         ),
         False: (
             f"UPDATE durable_breaker_circuit SET ({_STORED}, updated_at) = ({stored}, {p}), "
-            f"version = version + 1{source} WHERE namespace = {p} AND key = {p} "
-            f"AND version = {p} RETURNING version"
+            f"version = version + 1 WHERE namespace = {p} AND key = {p} AND version = {p} "
+            "RETURNING version"
         ),
     }
-    ctes = [] if bounds is None else [f"bounds AS MATERIALIZED ({bounds})"]
     audit = (
         f"INSERT INTO durable_breaker_transition ({_AUDITED}) "
         f"SELECT {', '.join([p] * 9)} FROM changed RETURNING id"
     )
     statements = {}
     for new, write in writes.items():
-        statements[new, False] = f"WITH {ctes[0]} {write}" if ctes else write
-        statements[new, True] = f"WITH {', '.join([*ctes, f'changed AS ({write})'])} {audit}"
+        statements[new, False] = write
+        statements[new, True] = f"WITH changed AS ({write}) {audit}"
     return statements
+
+
+_POSTGRES = _postgres_writes()
 
 
 class _ThreadConnection:
@@ -184,11 +179,11 @@ class _ThreadConnection:
         "__weakref__",
         "connection",
         "cursor",
-        "forks",
         "data_version",
+        "forks",
         "known",
-        "stale",
         "skips",
+        "stale",
     )
 
     def __init__(self, connection: sqlite3.Connection) -> None:
@@ -331,7 +326,7 @@ class PostgresRaw:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._parsed = _Parsed(_postgres_time)
-        self._writes = _postgres_writes(write_bounds(engine))
+        self._bounds = write_bounds(engine)
         self._sql = (
             f"SELECT {_COLUMNS} FROM durable_breaker_circuit WHERE namespace = %s AND key = %s"
         )
@@ -349,21 +344,36 @@ class PostgresRaw:
             params = (*change.stored, change.now, change.namespace, change.key, change.version)
         if change.audit is not None:
             params = (*params, *change.audit)
-        sql = self._writes[change.version is None, change.audit is not None]
-        if self._execute(sql, params) is None:
+        sql = _POSTGRES[change.version is None, change.audit is not None]
+        if self._execute(sql, params, bounds=self._bounds) is None:
             return None
         return 1 if change.version is None else change.version + 1
 
-    def _execute(self, sql: str, params: tuple[Any, ...]) -> Any:
-        """The first row `sql` returns (None if none), in autocommit."""
+    def _execute(self, sql: str, params: tuple[Any, ...], *, bounds: str | None = None) -> Any:
+        """The first row `sql` returns (None if none), in autocommit.
+
+        `bounds` (set_config(..., true) of the write's timeouts) is sent first in the same
+        pipeline: both statements run before one Sync, in one implicit transaction, so the
+        timeouts cover every lock the statement waits for (the table's too) and end with it.
+        Still one round trip, and no BEGIN or COMMIT.
+        """
         pooled = self._checkout()
         connection: Any = pooled.dbapi_connection
         try:
             # Autocommit: no BEGIN and COMMIT or ROLLBACK round trips around one statement.
             # Always restored: the pool's other users run transactions on this connection.
             connection.autocommit = True
-            row = connection.execute(sql, params).fetchone()
-            connection.autocommit = False
+            try:
+                if bounds is None:
+                    row = connection.execute(sql, params).fetchone()
+                else:
+                    with connection.pipeline():
+                        connection.execute(bounds)
+                        cursor = connection.execute(sql, params)
+                    row = cursor.fetchone()
+            finally:
+                if connection.info.transaction_status == _IDLE:
+                    connection.autocommit = False
             return row
         except self._engine.dialect.loaded_dbapi.Error as error:
             lost = self._engine.dialect.is_disconnect(error, connection, None)

@@ -576,7 +576,7 @@ def test_an_optimistic_write_bounds_its_own_lock_wait(
             started = time.monotonic()
             # The lock timeout, or the statement timeout (set to the same): either bound.
             with pytest.raises(
-                StoreUnavailableError, match="LockNotAvailable|QueryCanceled"
+                StoreUnavailableError, match=r"LockNotAvailable|QueryCanceled"
             ) as busy:
                 breaker.record_failure("k")
             assert not busy.value.unreachable, what

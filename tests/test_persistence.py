@@ -887,3 +887,12 @@ def test_sqlite_stops_asking_for_data_version_while_others_commit_between_most_r
         verbs = [s.split()[0] for s in statements]
         # Four checks find data_version changed (a pragma, then the read): then reads only.
         assert verbs == ["PRAGMA", "SELECT"] * 4 + ["SELECT"] * 8
+
+
+def test_sqlite_keeps_at_most_cached_keys_rows_per_thread(tmp_path: Any) -> None:
+    config = CircuitBreakerConfig(cached_keys=2)
+    with CircuitBreaker(f"sqlite:///{tmp_path / 'b.db'}", config) as breaker:
+        for key in ("a", "b", "c", "d", "e"):
+            breaker.check(key)
+        held = breaker._store._raw._thread_connection()  # type: ignore[union-attr]
+        assert 1 <= len(held.known) <= 2

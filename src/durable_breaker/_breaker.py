@@ -56,6 +56,7 @@ from ._urls import safe_url
 # The hot path's triggers as module constants: reading an Enum member off its class costs
 # about 0.1 us on Python 3.11, a few times per guarded call.
 _CHECK, _SUCCESS = Trigger.CHECK, Trigger.SUCCESS
+_KEPT_ROWS = 4096  # at most, per thread: rows an SQLite read connection reuses (see _raw)
 _MAX_GAP = 1000  # `follow` waits for at most this many ids skipped over at once
 _IN_FLIGHT = 100  # ids below its first that `follow` may still see committed
 P = ParamSpec("P")
@@ -115,7 +116,8 @@ class CircuitBreaker(BreakerBase):
             if self._owns_engine:
                 engine.dispose()
             raise
-        self._store = SqlStore(engine, self._namespace, timeout_s)
+        kept_rows = min(self._config.cached_keys, _KEPT_ROWS)
+        self._store = SqlStore(engine, self._namespace, timeout_s, kept_rows)
         if cache and engine.dialect.name != "postgresql":
             if self._owns_engine:
                 engine.dispose()

@@ -76,7 +76,6 @@ def _statements(p: str) -> dict[str, str]:
 
 _STATES = {state.value: state for state in CircuitState}
 _DATA_VERSION = "PRAGMA data_version"
-_KNOWN_KEYS = 4096  # rows each SQLite thread connection keeps while nothing changes
 _STALE_CHECKS = 4  # data_version found changed this many times in a row: stop checking...
 _SKIPPED_CHECKS = 64  # ...for this many reads
 _IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open
@@ -211,9 +210,10 @@ class _ThreadConnection:
             self.stale, self.skips = 0, _SKIPPED_CHECKS
         return False
 
-    def remember(self, name: tuple[str, str], stored: Versioned | None) -> None:
-        """Keep a row read after data_version was last seen (so current while it holds)."""
-        if len(self.known) >= _KNOWN_KEYS:
+    def remember(self, name: tuple[str, str], stored: Versioned | None, kept: int) -> None:
+        """Keep a row read after data_version was last seen (so current while it holds),
+        with at most `kept` rows kept."""
+        if len(self.known) >= kept:
             self.known.clear()
         self.known[name] = stored
 
@@ -228,8 +228,9 @@ class SqliteRaw:
     """Statements through one sqlite3 connection per thread (sqlite3 objects are not
     shareable between threads)."""
 
-    def __init__(self, engine: Engine, timeout_s: float) -> None:
+    def __init__(self, engine: Engine, timeout_s: float, kept_rows: int) -> None:
         self._engine = engine
+        self._kept_rows = kept_rows
         args, kwargs = engine.dialect.create_connect_args(engine.url)
         self._database: str = args[0]
         self._connect_kwargs = {
@@ -257,7 +258,7 @@ class SqliteRaw:
         except sqlite3.Error as error:
             raise _wrapped(self._engine, self._sql, error, invalidated=False) from error
         stored = None if row is None else self._parsed.circuit(row)
-        held.remember(name, stored)
+        held.remember(name, stored, self._kept_rows)
         return stored
 
     def write(self, change: Change) -> int | None:

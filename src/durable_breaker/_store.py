@@ -220,7 +220,9 @@ class Statements:
 class SqlStore(Statements):
     """The circuits of one namespace in one SQLite or PostgreSQL database."""
 
-    def __init__(self, engine: Engine, namespace: str, timeout_s: float) -> None:
+    def __init__(self, engine: Engine, namespace: str, timeout_s: float, kept_rows: int) -> None:
+        """`kept_rows`: how many rows each SQLite thread connection keeps while no other
+        connection commits (see `SqliteRaw`)."""
         super().__init__(engine.dialect.name, namespace)
         self.engine = engine
         self.timeout_s = timeout_s  # how long transient faults are retried
@@ -236,7 +238,7 @@ class SqlStore(Statements):
         if engine.dialect.name == "postgresql":
             self._raw = PostgresRaw(engine)
         elif owns(engine):
-            self._raw = SqliteRaw(engine, timeout_s)
+            self._raw = SqliteRaw(engine, timeout_s, kept_rows)
         else:
             self._raw = ThroughSqlAlchemy(engine)
 

@@ -30,7 +30,8 @@ class CircuitBreakerConfig:
     ``"allow"`` admits every call, ``"deny"`` rejects every call, ``"raise"`` raises
     ``StoreUnavailableError``. ``store_timeout`` bounds every wait for the database
     (connecting, a lock, a statement, retries); ``cached_keys`` bounds how many keys'
-    states a process keeps in memory (for ``"fallback"`` and the read cache).
+    states a process keeps in memory (for ``"fallback"`` and the read cache), and how many
+    rows each thread's SQLite read connection reuses (at most 4,096 there).
 
     ``is_failure`` says which exceptions raised inside ``guard``/``protect`` count as
     failures (by default `is_llm_failure`: timeouts, connection errors, 408, 429, 5xx and

@@ -284,7 +284,7 @@ def _child_url(url: str) -> str:
 
 def _wait_for_dead_sessions(survivor: CircuitBreaker) -> None:
     """On PostgreSQL, a killed client's session still runs what it had already sent (a whole
-    one-statement write, committed on its own) before it notices the client is gone: wait until the
+    pipelined write, committed at its Sync) before it notices the client is gone: wait until the
     server has ended it, so that what is stored no longer changes while it is checked."""
     engine = survivor._store.engine
     if engine.dialect.name != "postgresql":

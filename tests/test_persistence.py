@@ -550,8 +550,8 @@ def test_a_row_lock_held_elsewhere_times_out_as_a_busy_store(pg_url: str, clock:
 def test_an_optimistic_write_bounds_its_own_lock_wait(
     pg_url: str, stored_failures: int | None, what: str
 ) -> None:
-    # The one-statement write sets its timeouts itself (store_timeout, here 0.3 s): a row
-    # lock held elsewhere makes it give up as busy, long before the stall watchdog would.
+    # The optimistic write sends its own timeouts ahead of it (store_timeout, here 0.3 s): a
+    # row lock held elsewhere makes it give up as busy, long before the stall watchdog would.
     config = CircuitBreakerConfig(
         failure_threshold=3, on_store_error="raise", store_timeout=timedelta(seconds=0.3)
     )

@@ -338,7 +338,8 @@ class PostgresRaw:
 
     def write(self, change: Change) -> int | None:
         """Apply `change`, and its audit row, in one statement if its row is unchanged; the
-        row's new version, or None if not. One statement: one round trip, all or nothing."""
+        row's new version, or None if not. One statement, behind its timeouts in the same
+        pipeline: one round trip, all or nothing."""
         if change.version is None:
             params: tuple[Any, ...] = (change.namespace, change.key, *change.stored, change.now)
         else:

@@ -276,8 +276,8 @@ class SqlStore(Statements):
         there first (then `fire` decides again under a lock).
 
         Optimistic: no lock is held while deciding, and on PostgreSQL the change and its
-        audit row are one statement, bounds included: an uncontended write costs one round
-        trip.
+        audit row are one statement (its timeouts go ahead of it in the same pipeline): an
+        uncontended write costs one round trip.
         """
         after, audit = decision.after, self._audit(key, trigger, decision, reason, actor, config)
         change = Change(

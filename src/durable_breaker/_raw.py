@@ -180,13 +180,15 @@ class _ThreadConnection:
         "cursor",
         "data_version",
         "forks",
+        "kept",
         "known",
         "skips",
         "stale",
     )
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, kept: int) -> None:
         self.connection = connection
+        self.kept = kept  # at most this many rows in `known`
         self.cursor = connection.cursor()
         self.forks = _engine.forks
         self.data_version = self.cursor.execute(_DATA_VERSION).fetchone()[0]
@@ -210,10 +212,9 @@ class _ThreadConnection:
             self.stale, self.skips = 0, _SKIPPED_CHECKS
         return False
 
-    def remember(self, name: tuple[str, str], stored: Versioned | None, kept: int) -> None:
-        """Keep a row read after data_version was last seen (so current while it holds),
-        with at most `kept` rows kept."""
-        if len(self.known) >= kept:
+    def remember(self, name: tuple[str, str], stored: Versioned | None) -> None:
+        """Keep a row read after data_version was last seen (so current while it holds)."""
+        if len(self.known) >= self.kept:
             self.known.clear()
         self.known[name] = stored
 
@@ -247,6 +248,7 @@ class SqliteRaw:
         self._parsed = _Parsed(_sqlite_time)
 
     def load(self, namespace: str, key: str) -> Versioned | None:
+        # `_thread_connection`'s own test, inline: a call less on every healthy check.
         held: _ThreadConnection | None = getattr(self._local, "held", None)
         if held is None or held.forks != _engine.forks:
             held = self._thread_connection()
@@ -258,7 +260,7 @@ class SqliteRaw:
         except sqlite3.Error as error:
             raise _wrapped(self._engine, self._sql, error, invalidated=False) from error
         stored = None if row is None else self._parsed.circuit(row)
-        held.remember(name, stored, self._kept_rows)
+        held.remember(name, stored)
         return stored
 
     def write(self, change: Change) -> int | None:
@@ -305,7 +307,7 @@ class SqliteRaw:
             try:
                 connection = sqlite3.connect(self._database, **self._connect_kwargs)
                 try:
-                    held = _ThreadConnection(connection)
+                    held = _ThreadConnection(connection, self._kept_rows)
                 except BaseException:
                     connection.close()
                     raise

@@ -1,8 +1,10 @@
 """The real breaker and an in-memory reference model of the seed's semantics, driven side by side.
 
-Rules check, succeed, fail and reset several keys through two breakers on one database,
-move a fake clock, and restart a breaker; invariants compare every key's state and its
-whole audit trail with the model after every step. Runs on every backend.
+Rules check, succeed, fail and reset several keys through several breakers on one database
+(as several processes or hosts would share it), move a fake clock, and restart a breaker;
+invariants compare every key's state and its whole audit trail with the model after every
+step. The model is one seed breaker shared by all of them: whichever breaker a call goes
+through, it applies to the state the database holds when it is made. Runs on every backend.
 """
 
 from __future__ import annotations
@@ -195,12 +197,14 @@ configs = st.builds(
 )
 
 
+BREAKERS = 3  # on one database, as three processes would share it
+WHICH = st.integers(0, BREAKERS - 1)
+
+
 class BreakerComparison(RuleBasedStateMachine):
-    """Two breakers on one database against the reference model."""
+    """Several breakers on one database against one shared reference model."""
 
     url: str = ""
-    # The sync breaker decides a success right after a clean check against what it read.
-    skips_clean_success = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -208,21 +212,20 @@ class BreakerComparison(RuleBasedStateMachine):
         self.start_s = self.clock.now
         self.namespace = uuid.uuid4().hex  # each example starts from an empty namespace
         self.breakers: list[Any] = []
-        # Per breaker: the key its last `check` read and whether that circuit was clean
-        # (Closed, no failures, no probes), until that breaker next writes. A success right
-        # after such a check is decided against what the check read (documented).
-        self.last_check: list[tuple[str, bool] | None] = [None, None]
         # Unsettled permits: (breaker, key, generation it was admitted under, the permit).
         self.permits: list[tuple[int, str, int, Any]] = []
-
-    def _clean(self, key: str) -> bool:
-        return self.model.quiet_success(key)
 
     def _now_ms(self) -> int:
         return round((self.clock.now - self.start_s) * 1000)
 
-    def _open(self) -> Any:
+    def _open(self, which: int) -> Any:
         return CircuitBreaker(self.url, self.config, clock=self.clock, namespace=self.namespace)
+
+    def _open_async(self) -> Blocking:
+        breaker = AsyncCircuitBreaker(
+            self.url, self.config, clock=self.clock, namespace=self.namespace
+        )
+        return Blocking(breaker)
 
     @initialize(config=configs)
     def start(self, config: ModelConfig) -> None:
@@ -235,12 +238,11 @@ class BreakerComparison(RuleBasedStateMachine):
             half_open_max=config.half_open_max,
             probe_timeout=None if timeout is None else timedelta(milliseconds=timeout),
         )
-        self.breakers = [self._open(), self._open()]
+        self.breakers = [self._open(which) for which in range(BREAKERS)]
 
-    @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
+    @rule(which=WHICH, key=st.sampled_from(KEYS))
     def check(self, which: int, key: str) -> None:
         expected = self.model.check(key, self._now_ms())
-        self.last_check[which] = (key, self._clean(key))
         try:
             self.breakers[which].check(key)
             admitted = True
@@ -254,46 +256,39 @@ class BreakerComparison(RuleBasedStateMachine):
                 assert rejected.retry_after == pytest.approx(expected_wait, abs=1e-6)
         assert admitted == expected
 
-    @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
+    @rule(which=WHICH, key=st.sampled_from(KEYS))
     def success(self, which: int, key: str) -> None:
-        if not self.skips_clean_success or self.last_check[which] != (key, True):
-            self.model.success(key)
-            # Read (and perhaps written) through the database: the check no longer stands.
-            self.last_check[which] = None
+        self.model.success(key)
         self.breakers[which].record_success(key)
 
     @rule(
-        which=st.integers(0, 1),
+        which=WHICH,
         key=st.sampled_from(KEYS),
         retry_after_ms=st.none() | st.integers(1, 60_000),
     )
     def failure(self, which: int, key: str, retry_after_ms: int | None) -> None:
         self.model.failure(key, self._now_ms(), retry_after_ms)
-        self._wrote(which)
         wait = None if retry_after_ms is None else timedelta(milliseconds=retry_after_ms)
         self.breakers[which].record_failure(key, reason="HTTP 503", retry_after=wait)
 
     @rule(
-        which=st.integers(0, 1),
+        which=WHICH,
         key=st.sampled_from(KEYS),
         for_ms=st.none() | st.integers(1, 30_000),
     )
     def force_open(self, which: int, key: str, for_ms: int | None) -> None:
         self.model.force_open(key, self._now_ms(), for_ms)
-        self._wrote(which)
         until = None if for_ms is None else timedelta(milliseconds=for_ms)
         self.breakers[which].force_open(key, until)
 
-    @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
+    @rule(which=WHICH, key=st.sampled_from(KEYS))
     def disable(self, which: int, key: str) -> None:
         self.model.disable(key)
-        self._wrote(which)
         self.breakers[which].disable(key)
 
-    @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
+    @rule(which=WHICH, key=st.sampled_from(KEYS))
     def acquire(self, which: int, key: str) -> None:
         expected = self.model.check(key, self._now_ms())
-        self.last_check[which] = (key, self._clean(key))
         try:
             permit = self.breakers[which].acquire(key)
         except CircuitOpenError:
@@ -310,26 +305,42 @@ class BreakerComparison(RuleBasedStateMachine):
             data.draw(st.integers(0, len(self.permits) - 1))
         )
         self.model.outcome(key, generation, outcome, self._now_ms())
-        self._wrote(which)  # an outcome through the database replaces the thread's last check
         report = {"success": "succeeded", "failure": "failed", "release": "abandoned"}[outcome]
         done = getattr(permit, report)()
         if done is not None:  # an AsyncPermit's report: a coroutine, run on its breaker's loop
             self.breakers[which].run(done)
 
-    @rule(which=st.integers(0, 1), key=st.sampled_from(KEYS))
+    @rule(which=WHICH, key=st.sampled_from(KEYS))
     def reset(self, which: int, key: str) -> None:
-        # A reset outdates the breaker's last check before it knows whether the key exists
-        # (a refused one too): the next success reads again, which is only less quick.
-        self._wrote(which)
         if self.model.reset(key):
             self.breakers[which].reset(key)
         else:
             with pytest.raises(UnknownKeyError):
                 self.breakers[which].reset(key)
 
-    def _wrote(self, which: int) -> None:
-        """Breaker `which` wrote: its last check no longer stands for what is stored."""
-        self.last_check[which] = None
+    @rule(
+        caller=WHICH,
+        other=WHICH,
+        key=st.sampled_from(KEYS),
+        meanwhile=st.sampled_from(["failure", "success", "reset", "force_open", "disable"]),
+    )
+    def another_process_acts_mid_call(
+        self, caller: int, other: int, key: str, meanwhile: str
+    ) -> None:
+        """`caller` checks, `other` changes the key, then `caller` reports a success: the
+        success applies to the state the database holds when it is reported."""
+        self.check(caller, key)
+        if meanwhile == "failure":
+            self.failure(other, key, None)
+        elif meanwhile == "success":
+            self.success(other, key)
+        elif meanwhile == "reset":
+            self.reset(other, key)
+        elif meanwhile == "force_open":
+            self.force_open(other, key, None)
+        else:
+            self.disable(other, key)
+        self.success(caller, key)
 
     @rule(ms=st.integers(-5_000, 25_000))
     def advance(self, ms: int) -> None:
@@ -337,12 +348,11 @@ class BreakerComparison(RuleBasedStateMachine):
         self.clock.advance(ms / 1000)
 
     @precondition(lambda self: bool(self.breakers))
-    @rule(which=st.integers(0, 1))
+    @rule(which=WHICH)
     def restart(self, which: int) -> None:
-        self.last_check[which] = None
         self.permits = [p for p in self.permits if p[0] != which]  # gone with their breaker
         self.breakers[which].close()
-        self.breakers[which] = self._open()
+        self.breakers[which] = self._open(which)
 
     @invariant()
     def every_key_agrees_with_the_model(self) -> None:
@@ -402,16 +412,24 @@ class Blocking:
 
 
 class AsyncBreakerComparison(BreakerComparison):
-    """The same rules and invariants, through two AsyncCircuitBreakers."""
+    """The same rules and invariants, through AsyncCircuitBreakers."""
 
-    skips_clean_success = False
-
-    def _open(self) -> Any:
-        return Blocking(
-            AsyncCircuitBreaker(self.url, self.config, clock=self.clock, namespace=self.namespace)
-        )
+    def _open(self, which: int) -> Any:
+        return self._open_async()
 
 
 def test_async_breaker_matches_the_reference_model(db_url: str) -> None:
     AsyncBreakerComparison.url = db_url
     run_state_machine_as_test(AsyncBreakerComparison)
+
+
+class MixedBreakerComparison(BreakerComparison):
+    """Sync and asyncio breakers side by side on one database: one shared breaker still."""
+
+    def _open(self, which: int) -> Any:
+        return self._open_async() if which == BREAKERS - 1 else super()._open(which)
+
+
+def test_sync_and_async_breakers_share_one_reference_model(db_url: str) -> None:
+    MixedBreakerComparison.url = db_url
+    run_state_machine_as_test(MixedBreakerComparison)

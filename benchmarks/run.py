@@ -35,6 +35,7 @@ import sqlalchemy as sa
 
 from durable_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError
 from durable_breaker._engine import write_bounds
+from durable_breaker._view import Notifications
 
 Case = dict[str, Callable[[], object]]
 HEALTHY = CircuitBreakerConfig(failure_threshold=10**9)
@@ -240,7 +241,7 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
     cached = None
     if name == "PostgreSQL":
         cached = CircuitBreaker(url, HEALTHY, cache=True)
-        wait_until(lambda: cached is not None and cached._cache is not None and cached._cache.on)
+        wait_until(lambda: listener(cached).listening)
 
         def guarded_cached() -> None:
             cached.check("healthy")
@@ -362,6 +363,13 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
 # --- the read cache's staleness ------------------------------------------------------------
 
 
+def listener(breaker: CircuitBreaker) -> Notifications:
+    """The change listener behind `cache=True`."""
+    rule = breaker._store.view.rule
+    assert isinstance(rule, Notifications)
+    return rule
+
+
 def wait_until(condition: Callable[[], bool], seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -392,10 +400,9 @@ def invalidation_latency(url: str, count: int = 300) -> None:
     namespace = f"latency-{uuid.uuid4().hex[:6]}"
     dropped: dict[str, float] = {}
     with CircuitBreaker(url, HEALTHY, namespace=namespace, cache=True) as reader:
-        cache = reader._cache
-        assert cache is not None
-        cache.on_drop = lambda key: dropped.setdefault(key, time.monotonic())
-        wait_until(lambda: cache.on)
+        cache = listener(reader)
+        cache.on_change = lambda key: dropped.setdefault(key, time.monotonic())
+        wait_until(lambda: cache.listening)
         context = multiprocessing.get_context("spawn")
         results = context.Queue()
         writer = context.Process(target=_change_keys, args=(url, namespace, count, results))

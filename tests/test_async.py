@@ -219,7 +219,7 @@ def test_a_call_cancelled_while_its_probe_is_being_taken_gives_the_probe_back(
                 taken, finish = asyncio.Event(), asyncio.Event()
                 taken_in_thread = threading.Event()
                 go_on = threading.Event()
-                real_async, real_sync = breaker.acquire, sync.acquire
+                real_async, real_sync = breaker.acquire, sync._admit
 
                 async def slow_async_acquire(key: str) -> Any:
                     permit = await real_async(key)
@@ -227,14 +227,14 @@ def test_a_call_cancelled_while_its_probe_is_being_taken_gives_the_probe_back(
                     await finish.wait()  # the caller is cancelled here, after the commit
                     return permit
 
-                def slow_sync_acquire(key: str) -> Any:
-                    permit = real_sync(key)
+                def slow_sync_admit(key: str) -> Any:
+                    generation = real_sync(key)
                     taken_in_thread.set()
                     go_on.wait(10)
-                    return permit
+                    return generation
 
                 monkeypatch.setattr(breaker, "acquire", slow_async_acquire)
-                monkeypatch.setattr(sync, "acquire", slow_sync_acquire)
+                monkeypatch.setattr(sync, "_admit", slow_sync_admit)
 
                 async def call(guard: Any) -> None:
                     async with guard:
@@ -274,15 +274,15 @@ def test_a_permit_admitted_by_the_fallback_is_not_fenced_when_the_database_retur
             other.reset("k")
     with CircuitBreaker(db_url, config, clock=clock) as breaker:
         store = breaker._store
-        real_load = store.load
+        real_read = store.read
 
         def unreachable(key: str) -> Any:
             raise StoreUnavailableError("simulated outage")
 
         monkeypatch.setattr(outage, "RECHECK_INTERVAL_S", 0.0)  # ask the database again at once
-        monkeypatch.setattr(store, "load", unreachable)
+        monkeypatch.setattr(store, "read", unreachable)
         permit = breaker.acquire("k")  # decided in process
-        monkeypatch.setattr(store, "load", real_load)
+        monkeypatch.setattr(store, "read", real_read)
         permit.failed(reason="HTTP 503")
         assert breaker.state("k") is CircuitState.OPEN
         assert breaker.history("k")[-1].reason == "HTTP 503"

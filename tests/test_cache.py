@@ -1,5 +1,5 @@
-"""The opt-in read cache on PostgreSQL: what it answers, what it never answers, and how it
-learns of changes made elsewhere."""
+"""The opt-in read cache on PostgreSQL (the local view's `Notifications` rule): what it
+answers from memory, what it never does, and how it learns of changes made elsewhere."""
 
 from __future__ import annotations
 
@@ -19,12 +19,25 @@ from durable_breaker import (
     CircuitState,
     InvalidArgumentError,
 )
+from durable_breaker._view import Notifications
 
 from .conftest import FakeClock
 
 pytestmark = pytest.mark.postgres
 LISTENER = f"db_test_cache_{uuid.uuid4().hex[:8]}"
 CONFIG = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=30))
+
+
+def listener(breaker: CircuitBreaker) -> Notifications:
+    rule = breaker._store.view.rule
+    assert isinstance(rule, Notifications)
+    return rule
+
+
+def proved(breaker: CircuitBreaker, key: str) -> bool:
+    """Whether the cache would answer for `key` without reading it."""
+    view = breaker._store.view
+    return view.current(key, view.rule.proof()) is not None
 
 
 def eventually(condition: Callable[[], bool], seconds: float = 10) -> bool:
@@ -48,8 +61,7 @@ def cached(
     url = f"{pg_url}&application_name={LISTENER}"
     other = CircuitBreaker(pg_url, CONFIG, clock=clock, namespace=namespace)
     breaker = CircuitBreaker(url, CONFIG, clock=clock, cache=True, namespace=namespace)
-    assert breaker._cache is not None
-    assert eventually(lambda: breaker._cache is not None and breaker._cache.on)
+    assert eventually(lambda: listener(breaker).listening)
     operations: list[str] = []
     load = breaker._store._raw.load
 
@@ -78,11 +90,10 @@ def test_closed_and_open_keys_are_answered_without_the_database(
     cached: tuple[CircuitBreaker, CircuitBreaker, list[str]], clock: FakeClock
 ) -> None:
     breaker, other, operations = cached
-    cache = breaker._cache
-    assert cache is not None
-    heard = cache.changes
+    heard: list[str] = []
+    listener(breaker).on_change = heard.append
     other.record_failure("tripped")
-    assert eventually(lambda: cache.changes > heard)  # its notification has arrived
+    assert eventually(lambda: heard == ["tripped"])  # its notification has arrived
     for key in ("healthy", "tripped"):
         for _ in range(2):  # the first reads and fills, the second is answered from memory
             try:
@@ -135,8 +146,7 @@ def test_a_lost_listener_turns_the_cache_off_until_it_listens_again(
     cached: tuple[CircuitBreaker, CircuitBreaker, list[str]], postgres_admin_url: str
 ) -> None:
     breaker, _, operations = cached
-    cache = breaker._cache
-    assert cache is not None
+    cache = listener(breaker)
     breaker.check("gpt-4o")
     admin = sa.create_engine(postgres_admin_url.replace("postgresql://", "postgresql+psycopg://"))
     with admin.begin() as connection:
@@ -148,12 +158,12 @@ def test_a_lost_listener_turns_the_cache_off_until_it_listens_again(
             {"name": f"{LISTENER} cache"},
         )
     admin.dispose()
-    assert eventually(lambda: not cache.on, seconds=5)
+    assert eventually(lambda: not cache.listening, seconds=5)
     operations.clear()
     breaker.check("gpt-4o")
     assert operations == ["READ"]  # off: the database answers
-    assert eventually(lambda: cache.on, seconds=10)  # listening again
-    assert cache.get("gpt-4o") is None  # and empty: nothing from before the loss is kept
+    assert eventually(lambda: cache.listening, seconds=10)  # listening again
+    assert not proved(breaker, "gpt-4o")  # nothing from before the loss counts
 
 
 def test_the_cache_needs_postgresql(tmp_path: Any) -> None:
@@ -175,7 +185,7 @@ def test_this_breakers_own_writes_drop_its_answers_at_once(
 def test_a_success_after_a_failure_is_not_skipped(pg_url: str, clock: FakeClock) -> None:
     config = CircuitBreakerConfig(failure_threshold=3)
     with CircuitBreaker(pg_url, config, clock=clock, cache=True) as breaker:
-        assert eventually(lambda: breaker._cache is not None and breaker._cache.on)
+        assert eventually(lambda: listener(breaker).listening)
         for _ in range(20):
             breaker.check("gpt-4o")
             breaker.check("gpt-4o")
@@ -196,7 +206,7 @@ def test_a_guarded_call_on_a_cached_healthy_key_runs_no_statement_and_a_late_one
     slow = breaker.acquire("k")
     for _ in range(CONFIG.failure_threshold):
         other.record_failure("k")
-    assert eventually(lambda: breaker._cache is not None and breaker._cache.get("k") is None)
+    assert eventually(lambda: not proved(breaker, "k"))
     slow.succeeded()  # admitted before the trip: read, found late, audited, not applied
     assert "READ" in operations
     assert breaker.state("k") is CircuitState.OPEN

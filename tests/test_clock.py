@@ -23,7 +23,7 @@ WALL_CLOCKS = re.compile(
 ALLOWED = {("_cli.py", "clock = _DemoClock(time.time() - DEMO_CALLS * DEMO_STEP_S)")}
 # The monotonic clock measures waits for the database (retry deadlines, outage rechecks,
 # stalled connections, cache heartbeats), never circuit time: only modules that wait read it.
-WAITING_MODULES = {"_cache.py", "_faults.py", "_outage.py", "_watchdog.py"}
+WAITING_MODULES = {"_faults.py", "_outage.py", "_view.py", "_watchdog.py"}
 
 
 def test_no_module_reads_the_time_inline() -> None:
@@ -100,7 +100,7 @@ def test_hosts_whose_clocks_disagree_wait_at_most_the_skew_longer_or_shorter(
     ]
 
 
-def test_a_clock_behind_every_stored_time_counts_no_time_passed(
+def test_a_stored_time_more_than_a_cooldown_ahead_counts_from_when_it_is_noticed(
     make_breaker: BreakerFactory, clock: FakeClock
 ) -> None:
     config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=30))
@@ -109,5 +109,69 @@ def test_a_clock_behind_every_stored_time_counts_no_time_passed(
     ahead.record_failure("k")  # stamped an hour in `behind`'s future
     with pytest.raises(CircuitOpenError) as rejected:
         behind.check("k")
-    # Not "open for ever" and not "elapsed -3600 s": the full wait, plus the hour to catch up.
-    assert rejected.value.retry_after == 3600 + 30
+    # Not "open for ever", not "an hour and the cooldown": the cooldown, from now.
+    assert rejected.value.retry_after == 30
+    clock.advance(29.999)
+    with pytest.raises(CircuitOpenError):
+        behind.check("k")
+    clock.advance(0.001)
+    behind.check("k")
+
+
+@pytest.mark.parametrize("jump_days", [-1, 1])
+def test_a_clock_stepped_a_day_holds_a_circuit_at_most_one_cooldown(
+    make_breaker: BreakerFactory, clock: FakeClock, jump_days: int
+) -> None:
+    """Trip at T; the host's clock jumps a day back (or ahead). Back: the trip's time lies a
+    day ahead and counts as now once noticed, so the circuit waits one cooldown from then,
+    not a day. Ahead: the cooldown has long passed, so the next check probes."""
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=30))
+    breaker = make_breaker(config)
+    breaker.record_failure("gpt-4o")
+    clock.advance(jump_days * 86400)
+    if jump_days > 0:
+        breaker.check("gpt-4o")
+    else:
+        with pytest.raises(CircuitOpenError) as rejected:
+            breaker.check("gpt-4o")  # the jump is noticed here
+        assert rejected.value.retry_after == 30
+        clock.advance(10)
+        other = make_breaker(config)  # another process sees the same, stored rebase
+        with pytest.raises(CircuitOpenError) as rejected:
+            other.check("gpt-4o")
+        assert rejected.value.retry_after == 20
+        clock.advance(20)
+        breaker.check("gpt-4o")
+    assert breaker.state("gpt-4o") is CircuitState.HALF_OPEN
+    breaker.record_success("gpt-4o")
+    assert breaker.state("gpt-4o") is CircuitState.CLOSED
+
+
+def test_a_retry_after_hold_keeps_its_length_across_a_clock_stepped_back(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=30))
+    breaker = make_breaker(config)
+    breaker.record_failure("gpt-4o", retry_after=timedelta(minutes=5))
+    clock.advance(-86400)
+    with pytest.raises(CircuitOpenError) as rejected:
+        breaker.check("gpt-4o")
+    assert rejected.value.retry_after == 300  # the provider's hold, from when it is noticed
+
+
+def test_a_half_open_probe_stamped_far_ahead_renews_one_probe_timeout_after_it_is_noticed(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    config = CircuitBreakerConfig(
+        failure_threshold=1, cooldown=timedelta(seconds=30), probe_timeout=timedelta(seconds=60)
+    )
+    breaker = make_breaker(config)
+    breaker.record_failure("gpt-4o")
+    clock.advance(30)
+    breaker.check("gpt-4o")  # the probe, never reported
+    clock.advance(-86400)
+    with pytest.raises(CircuitOpenError) as rejected:
+        breaker.check("gpt-4o")
+    assert rejected.value.retry_after == 60
+    clock.advance(60)
+    breaker.check("gpt-4o")  # the budget renews

@@ -20,7 +20,7 @@ from durable_breaker import (
     StoreUnavailableError,
 )
 from durable_breaker._faults import MAX_ATTEMPTS, classify
-from durable_breaker._raw import _wrapped
+from durable_breaker._raw import wrapped
 
 from .conftest import BreakerFactory
 
@@ -72,7 +72,7 @@ def inject(make_breaker: BreakerFactory) -> Iterator[Callable[..., tuple[Circuit
         def failing_write(change: Any) -> Any:
             error = next_error()
             if error is not None:
-                raise _wrapped(engine, "write", error, invalidated=False) from error
+                raise wrapped(engine, "write", error, invalidated=False) from error
             return write(change)
 
         raw.write = failing_write  # type: ignore[method-assign]
@@ -232,7 +232,7 @@ def test_a_write_whose_connection_died_after_it_ran_is_not_applied_twice(
         write(change)  # applied (autocommit), but the answer never comes back
         broken.append("after")
         lost = psycopg.OperationalError("server closed the connection unexpectedly")
-        raise _wrapped(breaker._store.engine, "write", lost, invalidated=True) from lost
+        raise wrapped(breaker._store.engine, "write", lost, invalidated=True) from lost
 
     raw.write = answer_lost  # type: ignore[method-assign]
     with pytest.raises(StoreUnavailableError, match="may or may not have been stored"):

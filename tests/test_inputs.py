@@ -218,9 +218,13 @@ def test_a_password_in_the_url_query_is_masked_in_errors() -> None:
 
 @pytest.mark.parametrize("reading", [float("nan"), None, "soon", 1e20])
 def test_a_clock_that_returns_no_time_is_named(make_breaker: BreakerFactory, reading: Any) -> None:
-    breaker = make_breaker(clock=lambda: reading)
     with pytest.raises(InvalidArgumentError, match="the clock returned"):
-        breaker.check("k")
+        make_breaker(clock=lambda: reading)  # refused at once
+    readings = iter([0.0, 0.0])  # at construction, and for the first failure
+    breaker = make_breaker(clock=lambda: next(readings, reading))  # goes bad later
+    breaker.record_failure("k")
+    with pytest.raises(InvalidArgumentError, match="the clock returned"):
+        breaker.record_failure("k")
 
 
 def test_the_longest_namespace_and_key_in_four_byte_characters_fit(

@@ -339,14 +339,14 @@ def test_an_unfenced_abandon_never_frees_a_probe_it_may_not_hold(
     breaker, other = make_breaker(config), make_breaker(config)
     other.record_failure("k")
     monkeypatch.setattr(config_outage, "RECHECK_INTERVAL_S", 0.0)
-    real_load = breaker._store.load
+    real_read = breaker._store.read
 
     def unreachable(key: str) -> Any:
         raise StoreUnavailableError("simulated outage")
 
-    monkeypatch.setattr(breaker._store, "load", unreachable)
+    monkeypatch.setattr(breaker._store, "read", unreachable)
     blind = breaker.acquire("k")  # admitted in process: the stored circuit is unknown
-    monkeypatch.setattr(breaker._store, "load", real_load)
+    monkeypatch.setattr(breaker._store, "read", real_read)
     assert blind.generation is None
     other.check("k")  # the one probe, taken by another process
     blind.abandoned()  # must not give that probe back

@@ -31,6 +31,7 @@ from durable_breaker import (
 )
 from durable_breaker._engine import make_engine, write_transaction
 from durable_breaker._raw import Change
+from durable_breaker._view import DataVersion
 
 from .conftest import (
     BreakerFactory,
@@ -153,7 +154,7 @@ def test_is_available_spends_no_probe_and_writes_nothing(
         with recorded_operations(breaker) as operations:
             assert breaker.is_available("k")
             assert breaker.is_available("k")
-        assert verbs(operations) == ["READ", "READ"]
+        assert set(verbs(operations)) == {"READ"}  # (the second may be proved unchanged)
         assert breaker.state("k") is CircuitState.OPEN
         breaker.check("k")  # the probe is still there to take
         assert not breaker.is_available("k")
@@ -707,51 +708,60 @@ def test_an_sqlite_uri_url_opens_an_existing_database_without_migrating(tmp_path
         assert breaker.status() == []
 
 
-def test_a_guarded_call_on_a_healthy_key_is_one_read(
-    make_breaker: BreakerFactory,
+def test_a_guarded_call_on_a_healthy_key_reads_each_operation_unless_proved_unchanged(
+    make_breaker: BreakerFactory, db_url: str
 ) -> None:
+    """SQLite proves a held row unchanged with PRAGMA data_version: no row read at all.
+    PostgreSQL (without the cache) reads for the check and again for the success."""
     breaker = make_breaker(TRIP_AT_2)
     breaker.record_failure("known")
     breaker.record_success("known")
-    for key in ("known", "never-seen"):
+    breaker.check("known")  # read once, and held
+    expected = [] if db_url.startswith("sqlite") else ["READ", "READ"]
+    for guarded in ("pair", "guard"):
         with recorded_operations(breaker) as operations:
-            breaker.check(key)
-            breaker.record_success(key)  # decided against what the check just read
-        assert operations == ["READ"], key
+            if guarded == "pair":
+                breaker.check("known")
+                breaker.record_success("known")
+            else:
+                with breaker.guard("known"):
+                    pass
+        assert operations == expected, guarded
 
 
-def test_a_success_after_this_breakers_own_write_is_not_taken_from_the_check(
-    make_breaker: BreakerFactory,
+@pytest.mark.parametrize("meanwhile", ["failure", "trip"])
+def test_a_success_applies_to_what_another_process_stored_after_the_check(
+    make_breaker: BreakerFactory, meanwhile: str
 ) -> None:
-    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=3))
-    breaker.check("k")
-    breaker.record_failure("k")  # this breaker wrote: the check no longer stands
-    breaker.record_success("k")
-    assert [s.consecutive_failures for s in breaker.status()] == [0]
-    breaker.check("k")
-    breaker.check("other")  # the last check was of another key
-    breaker.record_failure("k")
-    breaker.record_success("k")
-    assert [s.consecutive_failures for s in breaker.status() if s.key == "k"] == [0]
-
-
-def test_a_success_after_a_clean_check_does_not_undo_another_processes_failure(
-    make_breaker: BreakerFactory,
-) -> None:
-    """Documented: such a success counts as made at the check, before the other's failure."""
+    """The seed's breaker, shared: a success applies to the state when it is reported."""
     worker, other = make_breaker(TRIP_AT_2), make_breaker(TRIP_AT_2)
-    worker.check("gpt-4o")  # clean
-    other.record_failure("gpt-4o")
+    worker.check("gpt-4o")  # clean, and held
+    for _ in range(1 if meanwhile == "failure" else 2):
+        other.record_failure("gpt-4o")
     worker.record_success("gpt-4o")
-    assert [s.consecutive_failures for s in worker.status()] == [1]
-    worker.record_success("gpt-4o")  # still against that check
-    assert [s.consecutive_failures for s in worker.status()] == [1]
-    worker.check("claude")  # this thread's last check is of another key now
-    worker.record_success("gpt-4o")  # read, and cleared
-    assert {s.key: s.consecutive_failures for s in worker.status()}["gpt-4o"] == 0
+    assert [(s.state, s.consecutive_failures) for s in worker.status()] == [
+        (CircuitState.CLOSED, 0)
+    ]
 
 
-def test_each_thread_has_its_own_last_check(make_breaker: BreakerFactory) -> None:
+def test_a_permits_success_applies_to_what_another_process_stored_after_the_acquire(
+    make_breaker: BreakerFactory,
+) -> None:
+    worker, other = make_breaker(TRIP_AT_2), make_breaker(TRIP_AT_2)
+    with worker.guard("gpt-4o"):
+        other.record_failure("gpt-4o")  # counted below the threshold: same generation
+    assert [s.consecutive_failures for s in other.status()] == [0]
+    with worker.guard("gpt-4o"):
+        other.record_failure("gpt-4o")
+        other.record_failure("gpt-4o")  # a trip: the success is late, audited, not applied
+    assert other.state("gpt-4o") is CircuitState.OPEN
+    assert other.history("gpt-4o")[-1].reason is not None
+    assert "late result" in (other.history("gpt-4o")[-1].reason or "")
+
+
+def test_a_success_clears_a_failure_another_thread_counted_after_the_check(
+    make_breaker: BreakerFactory,
+) -> None:
     breaker = make_breaker(CircuitBreakerConfig(failure_threshold=3))
     breaker.check("k")  # this thread: clean
     done = threading.Event()
@@ -762,7 +772,7 @@ def test_each_thread_has_its_own_last_check(make_breaker: BreakerFactory) -> Non
 
     threading.Thread(target=elsewhere).start()
     assert done.wait(10)
-    breaker.record_success("k")  # the breaker wrote since this thread's check
+    breaker.record_success("k")
     assert [s.consecutive_failures for s in breaker.status()] == [0]
 
 
@@ -793,7 +803,7 @@ def test_an_interrupted_sqlite_write_leaves_no_lock_behind(tmp_path: Any) -> Non
     path = tmp_path / "b.db"
     with CircuitBreaker(f"sqlite:///{path}", TRIP_AT_2) as breaker:
         breaker.record_failure("k")
-        _, version = breaker._store.load("k")
+        version = breaker._store.read("k").version
 
         class Interrupts:
             def __conform__(self, protocol: object) -> object:
@@ -831,8 +841,12 @@ def test_sqlite_times_are_written_as_sqlalchemy_writes_them(tmp_path: Any) -> No
 
 
 def _traced_reads(breaker: CircuitBreaker) -> list[str]:
-    """The statements this thread's SQLite read connection runs from now on."""
+    """The statements the local view's proofs and this thread's reads run from now on."""
     statements: list[str] = []
+    breaker.check("warm-up")  # both connections are open
+    rule = breaker._store.view.rule
+    assert isinstance(rule, DataVersion) and rule._cursor is not None
+    rule._cursor.connection.set_trace_callback(statements.append)
     held = breaker._store._raw._thread_connection()  # type: ignore[union-attr]
     held.connection.set_trace_callback(statements.append)
     return statements
@@ -847,7 +861,8 @@ def test_sqlite_rereads_a_row_only_when_another_connection_has_committed(
         breaker.check("gpt-4o")
         statements = _traced_reads(breaker)
         breaker.check("gpt-4o")  # nothing committed since: no row read
-        assert statements == ["PRAGMA data_version"]
+        breaker.record_success("gpt-4o")  # nor for a success that changes nothing
+        assert statements == ["PRAGMA data_version"] * 2
         statements.clear()
         # Another process trips it (the CLI, committing through its own connection).
         script = Path(sys.executable).parent / "durable-breaker"
@@ -863,15 +878,17 @@ def test_sqlite_rereads_a_row_only_when_another_connection_has_committed(
         assert [s.split()[0] for s in statements] == ["PRAGMA", "SELECT"]
 
 
-def test_sqlite_forgets_what_it_read_of_a_key_it_writes_itself(tmp_path: Any) -> None:
-    # Its own commits do not change its data_version: the row it wrote must be read again.
+def test_sqlite_rereads_a_key_it_wrote_itself(tmp_path: Any) -> None:
+    # Its own commit cannot be told from another's: the row it wrote is read again.
     config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(hours=1))
     with CircuitBreaker(f"sqlite:///{tmp_path / 'b.db'}", config) as breaker:
         breaker.check("gpt-4o")
         breaker.check("gpt-4o")  # answered from what it read
-        breaker.record_failure("gpt-4o")  # a trip, written on the same connection
+        breaker.record_failure("gpt-4o")  # a trip, written on this thread's connection
+        statements = _traced_reads(breaker)
         with pytest.raises(CircuitOpenError):
             breaker.check("gpt-4o")
+        assert [s.split()[0] for s in statements] == ["PRAGMA", "SELECT"]
 
 
 def test_sqlite_stops_asking_for_data_version_while_others_commit_between_most_reads(
@@ -889,10 +906,11 @@ def test_sqlite_stops_asking_for_data_version_while_others_commit_between_most_r
         assert verbs == ["PRAGMA", "SELECT"] * 4 + ["SELECT"] * 8
 
 
-def test_sqlite_keeps_at_most_cached_keys_rows_per_thread(tmp_path: Any) -> None:
+def test_the_local_view_holds_at_most_cached_keys_keys(db_url: str) -> None:
     config = CircuitBreakerConfig(cached_keys=2)
-    with CircuitBreaker(f"sqlite:///{tmp_path / 'b.db'}", config) as breaker:
+    with CircuitBreaker(db_url, config) as breaker:
         for key in ("a", "b", "c", "d", "e"):
             breaker.check(key)
-        held = breaker._store._raw._thread_connection()  # type: ignore[union-attr]
-        assert 1 <= len(held.known) <= 2
+            breaker.record_failure(key)
+        assert len(breaker._store.view) == 2
+        assert breaker._store.view.held("e") is not None  # the latest are kept

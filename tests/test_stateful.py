@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -82,7 +82,17 @@ class ReferenceModel:
 
     @staticmethod
     def _elapsed(now: int, since: int) -> int:
-        return max(0, now - since)  # a clock that went back counts as no time passed
+        return max(0, now - since)  # a clock that went back counts as no time passed...
+
+    def _notice_clock_behind(self, k: ModelKey, now: int) -> None:
+        """...but a stored moment more than one cooldown ahead of the clock (the clock
+        stepped back) counts as now once noticed; a Retry-After hold keeps its length."""
+        if k.state == OPEN and k.last_failure_ms - now > self.config.cooldown_ms:
+            if k.hold_ms is not None:
+                k.hold_ms += now - k.last_failure_ms
+            k.last_failure_ms = now
+        if k.state == HALF_OPEN and k.half_open_since_ms - now > self.config.cooldown_ms:
+            k.half_open_since_ms = now
 
     def retry_after_s(self, key: str, now: int) -> float | None:
         """Seconds until a call could be admitted, asked after a rejection."""
@@ -100,6 +110,9 @@ class ReferenceModel:
         k = self.keys.get(key)
         if k is None or k.state in (CLOSED, DISABLED):
             return True
+        if dry_run:
+            k = replace(k, trail=[])  # asks, changes nothing
+        self._notice_clock_behind(k, now)
         c = self.config
         held = k.hold_ms is not None and now < k.hold_ms
         if k.state == FORCED_OPEN and (k.hold_ms is None or held):
@@ -127,6 +140,7 @@ class ReferenceModel:
 
     def failure(self, key: str, now: int, retry_after_ms: int | None = None) -> None:
         k = self.keys.setdefault(key, ModelKey())
+        self._notice_clock_behind(k, now)
         k.failures += 1
         k.last_failure_ms = now
         if k.state == HALF_OPEN or (k.state == CLOSED and k.failures >= self.config.threshold):
@@ -184,8 +198,9 @@ class ReferenceModel:
             self.success(key)
         elif outcome == "failure":
             self.failure(key, now)
-        elif k is not None and k.state == HALF_OPEN and k.probes > 0:
-            k.probes -= 1
+        elif k is not None and k.state == HALF_OPEN:
+            self._notice_clock_behind(k, now)
+            k.probes = max(0, k.probes - 1)
 
 
 configs = st.builds(
@@ -346,6 +361,11 @@ class BreakerComparison(RuleBasedStateMachine):
     def advance(self, ms: int) -> None:
         """Move the clock, sometimes backwards (an NTP step, another host's clock)."""
         self.clock.advance(ms / 1000)
+
+    @rule(days=st.sampled_from([-1, 1]))
+    def step_the_clock_a_day(self, days: int) -> None:
+        """The host's clock steps a whole day back, or ahead."""
+        self.clock.advance(days * 86_400)
 
     @precondition(lambda self: bool(self.breakers))
     @rule(which=WHICH)

@@ -2,9 +2,9 @@
 
 It runs the statements and the locked read-decide-write of the sync store
 (`Statements.fire_steps`) through aiosqlite or psycopg's async mode, and decides with the
-same pure `decide`; only the awaiting differs. The sync breaker's hot-path shortcuts (raw
-driver, per-thread memo, read cache) are left out: every call reads, and writes only when
-its decision needs a write.
+same pure `decide`; only the awaiting differs. The sync breaker's hot-path shortcuts (the raw
+driver, rows proved current by the local view) are left out: every call reads, and writes
+only when its decision needs a write. Its local view only serves the outage fallback.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from ._state import NEW_CIRCUIT, CircuitState, Transition
 from ._store import Statements, StoredCircuit, circuit_of, stored_circuits, transition_of
 from ._tables import MAX_KEY_LENGTH
 from ._urls import safe_url
+from ._view import LocalView, NoProof
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -160,9 +161,8 @@ class AsyncCircuitBreaker(BreakerBase):
         self._timeout_s = self._config.store_timeout.total_seconds()
         self._engine = make_async_engine(url, self._timeout_s)
         self._store = AsyncSqlStore(self._engine, self._namespace, self._timeout_s)
-        self._outage = OutageTracker(
-            self._config, safe_url(url), remember=self._config.on_store_error == "fallback"
-        )
+        self._view = LocalView(NoProof(), self._config.cached_keys)
+        self._outage = OutageTracker(self._config, safe_url(url), self._view)
         self._started = self._closed = False
 
     async def start(self) -> AsyncCircuitBreaker:
@@ -209,15 +209,17 @@ class AsyncCircuitBreaker(BreakerBase):
             f"{', closed' if self._closed else ''})"
         )
 
-    def _open_store(self, key: str | None = None) -> AsyncSqlStore:
+    def _open_store(self, key: object = None, *, keyed: bool = True) -> AsyncSqlStore:
+        """The store, once the breaker is known to be started and open, and `key` valid
+        (unless not `keyed`)."""
+        if keyed:
+            check_name("key", key, MAX_KEY_LENGTH)
         if self._closed:
             raise DurableBreakerError("this AsyncCircuitBreaker is closed")
         if not self._started:
             raise DurableBreakerError(
                 "this AsyncCircuitBreaker is not started: use `async with` or `await start()`"
             )
-        if key is not None:
-            check_name("key", key, MAX_KEY_LENGTH)
         return self._store
 
     async def _fire(
@@ -253,7 +255,8 @@ class AsyncCircuitBreaker(BreakerBase):
                 error = raised
             else:
                 writes = decision.needs_write and not peek
-                self._outage.answered(key, decision.after if writes else decision.before)
+                self._outage.answered()
+                self._view.remember(key, decision.after if writes else decision.before)
                 if writes and decision.audited and self._listeners:
                     self._announce(key, trigger, decision, reason)
                 return decision
@@ -313,7 +316,8 @@ class AsyncCircuitBreaker(BreakerBase):
 
     def guard_async(self, key: str) -> AsyncGuard:
         """`async with breaker.guard_async(key):` (see `CircuitBreaker.guard`)."""
-        return AsyncGuard(functools.partial(self.acquire, key), self._config.is_failure)
+        check_name("key", key, MAX_KEY_LENGTH)
+        return AsyncGuard(key, functools.partial(self.acquire, key), self._config.is_failure)
 
     guard = guard_async  # the natural name on an asyncio breaker
 
@@ -322,6 +326,8 @@ class AsyncCircuitBreaker(BreakerBase):
     ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
         """Decorate a coroutine function so that every call runs in `guard_async(key)`."""
         key = check_key_of(key)
+        if isinstance(key, str):
+            check_name("key", key, MAX_KEY_LENGTH)
 
         def decorate(function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             if not inspect.iscoroutinefunction(function):
@@ -381,7 +387,8 @@ class AsyncCircuitBreaker(BreakerBase):
             must_exist=must_exist,
             hold=hold,
         )
-        self._outage.answered(key, decision.after)
+        self._outage.answered()
+        self._view.remember(key, decision.after)
         if self._listeners:
             self._announce(key, trigger, decision, reason)
         return self._transition(key, trigger, decision, reason)
@@ -402,5 +409,5 @@ class AsyncCircuitBreaker(BreakerBase):
         now = self._now()
         return [
             self._key_status(stored.key, stored.circuit, stored.since, now)
-            for stored in await self._open_store().circuits()
+            for stored in await self._open_store(keyed=False).circuits()
         ]

@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from ._cache import ReadCache
 from ._common import (
     BreakerBase,
     KeyStatus,
@@ -48,37 +46,28 @@ from ._permit import (
     key_of,
     to_completion,
 )
-from ._state import Circuit, CircuitState, Transition
+from ._state import CircuitState, Transition
 from ._store import SqlStore
 from ._tables import MAX_KEY_LENGTH
 from ._urls import safe_url
+from ._view import Held
 
 # The hot path's triggers as module constants: reading an Enum member off its class costs
 # about 0.1 us on Python 3.11, a few times per guarded call.
 _CHECK, _SUCCESS = Trigger.CHECK, Trigger.SUCCESS
-_KEPT_ROWS = 4096  # at most, per thread: rows an SQLite read connection reuses (see _raw)
 _MAX_GAP = 1000  # `follow` waits for at most this many ids skipped over at once
 _IN_FLIGHT = 100  # ids below its first that `follow` may still see committed
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class _Seen(NamedTuple):
-    """What one thread last read or wrote of one key through this breaker."""
-
-    key: str
-    circuit: Circuit
-    version: int | None  # of the row it came from; None: not stored
-    now: datetime  # when it was decided
-    epoch: int  # this breaker's write count then
-    checked: bool  # it was a `check`: a `record_success` may be decided against it
-
-
 class CircuitBreaker(BreakerBase):
     """A per-key circuit breaker whose state lives in SQLite or PostgreSQL.
 
-    Every operation reads, decides and writes in one transaction, so many threads,
-    processes and hosts can share one database; every state change is audited.
+    Every operation takes effect at one instant between its call and its return, as if every
+    process sharing the database used one breaker: it decides on what the database holds
+    then (read, or proved unchanged by the local view) and writes with a version check or
+    under a lock. Every state change is audited in the same transaction.
     """
 
     def __init__(
@@ -97,8 +86,8 @@ class CircuitBreaker(BreakerBase):
         `url` is a database URL or an Engine (which the caller keeps and disposes).
         `migrate`: None creates an empty schema but refuses an outdated one; True
         also upgrades an outdated schema; False never changes the schema.
-        `cache` (PostgreSQL): answer `check` on Closed keys, and on Open keys before their
-        cooldown ends, from memory, kept current by the database's change notifications.
+        `cache` (PostgreSQL): answer from memory what the database's change notifications
+        show unchanged (see `_view`); the one shortcut that is not exact.
         """
         super().__init__(config, clock=clock, namespace=namespace, actor=actor)
         timeout_s = self._config.store_timeout.total_seconds()
@@ -109,6 +98,11 @@ class CircuitBreaker(BreakerBase):
         else:
             engine = make_engine(url, timeout_s)
         try:
+            if cache and engine.dialect.name != "postgresql":
+                raise InvalidArgumentError(
+                    "cache=True needs PostgreSQL (it listens for change notifications); "
+                    "SQLite reads are already proved current by PRAGMA data_version"
+                )
             ensure_schema(engine, migrate)
             with translate_errors(engine, "switch to WAL mode"):
                 settle_journal_mode(engine)
@@ -116,33 +110,41 @@ class CircuitBreaker(BreakerBase):
             if self._owns_engine:
                 engine.dispose()
             raise
-        kept_rows = min(self._config.cached_keys, _KEPT_ROWS)
-        self._store = SqlStore(engine, self._namespace, timeout_s, kept_rows)
-        if cache and engine.dialect.name != "postgresql":
-            if self._owns_engine:
-                engine.dispose()
-            raise InvalidArgumentError(
-                "cache=True needs PostgreSQL (it listens for change notifications); "
-                "SQLite reads are already local"
-            )
-        self._cache = ReadCache(engine, self._namespace, self._config) if cache else None
-        self._outage = OutageTracker(
-            self._config, safe_url(engine), remember=self._config.on_store_error == "fallback"
+        self._store = SqlStore(
+            engine, self._namespace, timeout_s, cached_keys=self._config.cached_keys, cache=cache
         )
+        self._view = self._store.view
+        self._outage = OutageTracker(self._config, safe_url(engine), self._view)
         self._closed = False
-        # What this thread last read or wrote of a key (see `_Seen`), and a count of this
-        # breaker's writes from any thread, which outdates it for `record_success`.
-        self._seen_here = threading.local()
-        self._writes = itertools.count(1)
-        self._write_epoch = 0
 
-    def _open_store(self, key: str | None = None) -> SqlStore:
-        """The store, once the breaker is known to be open and `key` valid."""
+    def _open_store(self) -> SqlStore:
+        """The store, once the breaker is known to be open."""
         if self._closed:
             raise DurableBreakerError("this CircuitBreaker is closed")
-        if key is not None:
-            check_name("key", key, MAX_KEY_LENGTH)
         return self._store
+
+    def _key(self, key: object) -> str:
+        """`key`, refused unless valid (before any I/O); a held key was checked when first
+        seen, so the hot path pays a lookup."""
+        if type(key) is str and self._view.held(key) is not None:
+            return key
+        return check_name("key", key, MAX_KEY_LENGTH)
+
+    def _read(self, key: str) -> Held | None:
+        """What the database holds for `key` now: proved current by the local view, or read
+        (and held). None while an outage skips the database (the caller decides without it);
+        an unavailable database starts an outage and raises."""
+        store = self._open_store()
+        key = self._key(key)
+        if self._outage.skip_store():
+            return None
+        try:
+            held = store.read(key)
+        except StoreUnavailableError as error:
+            self._outage.failed(error)
+            raise
+        self._outage.answered()
+        return held
 
     def _fire(
         self,
@@ -154,98 +156,127 @@ class CircuitBreaker(BreakerBase):
         hold: Hold = None,
         generation: int | None = None,
         fall_back: bool = True,
+        held: Held | None = None,
     ) -> Decision:
-        """Decide `trigger` for `key` and store the outcome (`peek`: decide only).
+        """Decide `trigger` for `key` and store the outcome (`peek`: decide only), on `held`
+        if the caller just read it.
 
         While the database is unavailable, "fallback" decides in process (unless not
         `fall_back`); the other modes get the StoreUnavailableError to act on.
         """
-        store = self._open_store(key)
-        if self._outage.skip_store():
-            error = self._outage.unavailable()
-        else:
-            epoch = self._write_epoch
-            cache = self._cache
-            seen_changes = 0 if cache is None else cache.changes
+        store = self._open_store()
+        key = self._key(key)
+        try:
+            if held is None and self._outage.skip_store():
+                raise self._outage.unavailable()
             try:
-                decision, version = self._decide(store, key, trigger, peek, hold, generation)
-                writes = decision.needs_write and not peek
-                if writes:
-                    # Whatever becomes of this write, what this thread (or the cache) saw of
-                    # the key no longer stands: a failed or ambiguous write must outdate it too.
-                    self._write_epoch = epoch = next(self._writes)
-                    if cache is not None:
-                        cache.drop(key)
-                    actor = self.actor
-                    version = store.write(
-                        key, decision, version, trigger, self._config, reason=reason, actor=actor
+                decision = self._decide_and_store(
+                    store, key, trigger, reason, peek, hold, generation, held
+                )
+            except StoreUnavailableError as error:
+                self._outage.failed(error)
+                raise
+        except StoreUnavailableError as error:
+            return self._without_store(
+                key,
+                trigger,
+                error,
+                peek=peek,
+                hold=hold,
+                generation=generation,
+                fall_back=fall_back,
+            )
+        self._outage.answered()
+        return decision
+
+    def _decide_and_store(
+        self,
+        store: SqlStore,
+        key: str,
+        trigger: Trigger,
+        reason: str | None,
+        peek: bool,
+        hold: Hold,
+        generation: int | None,
+        held: Held | None,
+    ) -> Decision:
+        """Decide on what the database holds; store what changes, optimistically: a write
+        lands only if the row is still at the version decided on, else it is decided again
+        under the row's lock. A write may start from what the view holds, current or not,
+        sparing the read: its version check proves it current when it lands."""
+        if held is None and not peek and trigger is not _CHECK:
+            guess = store.view.held(key)
+            if guess is not None:
+                decision = decide(
+                    guess.circuit,
+                    trigger,
+                    self._now(),
+                    self._config,
+                    hold=hold,
+                    generation=generation,
+                )
+                if decision.needs_write:
+                    return self._write(
+                        store, key, trigger, decision, guess.version, reason, hold, generation
                     )
-                    if version is None:  # another writer changed it: decide under its lock
-                        decision, version = store.fire(
-                            key,
-                            trigger,
-                            self._now,
-                            self._config,
-                            reason=reason,
-                            actor=actor,
-                            hold=hold,
-                            generation=generation,
-                        )
-            except StoreUnavailableError as raised:
-                self._outage.failed(raised)
-                error = raised
-            else:
-                # What is stored now: a peek or a decision that wrote nothing changed nothing.
-                stored = decision.after if writes else decision.before
-                self._outage.answered(key, stored)
-                if not peek:
-                    checked = trigger is _CHECK
-                    self._seen_here.last = _Seen(key, stored, version, decision.now, epoch, checked)
-                    if checked and not writes and cache is not None:
-                        cache.fill(key, stored, version, decision, seen_changes)
-                    if writes and decision.audited and self._listeners:
-                        self._announce(key, trigger, decision, reason)
-                return decision
+        if held is None:
+            held = store.read(key)
+        decision = decide(
+            held.circuit, trigger, self._now(), self._config, hold=hold, generation=generation
+        )
+        if peek or not decision.needs_write:
+            return decision
+        return self._write(store, key, trigger, decision, held.version, reason, hold, generation)
+
+    def _write(
+        self,
+        store: SqlStore,
+        key: str,
+        trigger: Trigger,
+        decision: Decision,
+        version: int | None,
+        reason: str | None,
+        hold: Hold,
+        generation: int | None,
+    ) -> Decision:
+        actor = self.actor
+        if (
+            store.write(key, decision, version, trigger, self._config, reason=reason, actor=actor)
+            is None
+        ):
+            # Another writer changed the row since: decide again under its lock.
+            decision, _ = store.fire(
+                key,
+                trigger,
+                self._now,
+                self._config,
+                reason=reason,
+                actor=actor,
+                hold=hold,
+                generation=generation,
+            )
+        if decision.audited and decision.needs_write and self._listeners:
+            self._announce(key, trigger, decision, reason)
+        return decision
+
+    def _without_store(
+        self,
+        key: str,
+        trigger: Trigger,
+        error: StoreUnavailableError,
+        *,
+        peek: bool = False,
+        hold: Hold = None,
+        generation: int | None = None,
+        fall_back: bool = True,
+    ) -> Decision:
+        """`trigger` while the database cannot answer: on_store_error "fallback" decides in
+        process (unless not `fall_back`); any other mode raises `error` to act on."""
         if self._config.on_store_error == "fallback" and fall_back:
             return self._outage.decide(
                 key, trigger, self._now(), peek=peek, hold=hold, generation=generation
             )
         raise error
-
-    def _decide(
-        self,
-        store: SqlStore,
-        key: str,
-        trigger: Trigger,
-        peek: bool,
-        hold: Hold,
-        generation: int | None,
-    ) -> tuple[Decision, int | None]:
-        """The decision and the version of the row it was drawn from.
-
-        A write may be decided on what this thread last read or wrote of the key, without
-        reading again: the write only lands if the row is still at that version. Anything
-        else reads the committed row first (optimistically: most calls change nothing, and
-        a decision that writes nothing needs no lock).
-        """
-        if trigger is not _CHECK and not peek:
-            seen = getattr(self._seen_here, "last", None)
-            if seen is not None and seen.key == key:
-                base: tuple[Circuit, int | None] | None = (seen.circuit, seen.version)
-            else:
-                answer = None if self._cache is None else self._cache.get(key)
-                base = None if answer is None else (answer.circuit, answer.version)
-            if base is not None:
-                guess = decide(
-                    base[0], trigger, self._now(), self._config, hold=hold, generation=generation
-                )
-                if guess.needs_write:
-                    return guess, base[1]
-        circuit, version = store.load(key)
-        decision = decide(
-            circuit, trigger, self._now(), self._config, hold=hold, generation=generation
-        )
-        return decision, version
 
     def check(self, key: str) -> None:
         """Admit a call to `key`, or raise CircuitOpenError.
@@ -257,15 +288,11 @@ class CircuitBreaker(BreakerBase):
     def _admit(self, key: str) -> int | None:
         """`check`; returns the generation of the circuit the call was admitted under
         (None: admitted without the database, by on_store_error "fallback" or "allow")."""
-        answer = None if self._cache is None or type(key) is not str else self._cache.get(key)
-        if answer is not None and not self._closed:
-            now = self._clock()
-            if now < answer.until:  # a clock reading that is no number falls through
-                if answer.admit:
-                    return answer.circuit.generation
-                self._reject(key, answer.circuit.state, answer.until - now)
         try:
-            decision = self._fire(key, _CHECK, fall_back=False)
+            held = self._read(key)
+            if held is not None and held.admits:  # (a Closed circuit: nothing to decide)
+                return held.circuit.generation
+            decision = self._fire(key, _CHECK, fall_back=False, held=held)
         except StoreUnavailableError as error:
             self._admitted_without_store(key, error)
             return None
@@ -279,21 +306,23 @@ class CircuitBreaker(BreakerBase):
         it is audited as a late result and changes nothing, and `abandoned()` gives back a
         half-open probe at once instead of leaving it to `probe_timeout`.
         """
-        return Permit(key, self._admit(key), self._report)
+        return Permit(key, self._admit(key), self)
 
     def guard(self, key: str) -> Guard:
-        """`with breaker.guard(key):` — acquire a permit, and settle it as the block ends.
+        """`with breaker.guard(key) as permit:` — acquire a permit on entering the block,
+        and settle it as the block ends.
 
         A normal exit is a success; an exception that `config.is_failure` counts is a failure
         (its Retry-After honoured); any other exception, `KeyboardInterrupt` or cancellation
-        abandons the permit without counting. The exception always propagates. The permit
-        is acquired on entering the block.
+        abandons the permit without counting. The block's exception always propagates
+        unchanged: an error recording its outcome is logged and added to it as a note.
         """
-        return Guard(functools.partial(self.acquire, key), self._config.is_failure)
+        return Guard(self._key(key), self, self._config.is_failure)
 
     def guard_async(self, key: str) -> AsyncGuard:
         """`async with breaker.guard_async(key):` — `guard` for coroutines; the database
         calls run in a worker thread, so the event loop never blocks on them."""
+        key = self._key(key)
 
         def in_thread(work: Callable[[], R]) -> asyncio.Future[R]:
             # A Future, not a Task: asyncio.run's shutdown does not cancel it, so a probe
@@ -307,22 +336,27 @@ class CircuitBreaker(BreakerBase):
             reason: str | None,
             error: BaseException | None,
         ) -> None:
-            await in_thread(lambda: self._report(key, trigger, generation, reason, error))
+            if trigger is _SUCCESS:
+                await in_thread(lambda: self._success(key, generation))
+            else:
+                await in_thread(lambda: self._report(key, trigger, generation, reason, error))
 
         async def acquire() -> AsyncPermit:
             # Finished even if cancelled meanwhile: AsyncGuard then gives the probe back.
-            permit, _ = await to_completion(in_thread(lambda: self.acquire(key)))
-            return AsyncPermit(key, permit.generation, report)
+            generation, _ = await to_completion(in_thread(lambda: self._admit(key)))
+            return AsyncPermit(key, generation, report)
 
-        return AsyncGuard(acquire, self._config.is_failure)
+        return AsyncGuard(key, acquire, self._config.is_failure)
 
     def protect(self, key: KeyOf) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorate a function (sync or async) so that every call runs in `guard(key)`.
 
         `key` is a str, or a callable given the call's arguments that returns the key
-        (e.g. `key=lambda *a, model, **kw: model`).
+        (e.g. `key=lambda *a, model, **kw: model`); what it returns is checked as a key.
         """
         key = check_key_of(key)
+        if isinstance(key, str):
+            self._key(key)
 
         def decorate(function: Callable[P, R]) -> Callable[P, R]:
             if inspect.iscoroutinefunction(function):
@@ -351,12 +385,10 @@ class CircuitBreaker(BreakerBase):
         reason: str | None,
         error: BaseException | None,
     ) -> None:
-        """Record a permit's outcome, fenced by the generation it was admitted under
-        (None: admitted while the database was unavailable, so not fenced)."""
-        if trigger is Trigger.SUCCESS:
-            self._success(key, generation)
-            return
-        self._outcome(key, trigger, reason, self._hold_of(error), generation)
+        """Record a permit's failure or release, fenced by the generation it was admitted
+        under (None: admitted while the database was unavailable, so not fenced)."""
+        hold = self._hold_of(error) if trigger is Trigger.FAILURE else None
+        self._outcome(key, trigger, reason, hold, generation)
 
     def _outcome(
         self, key: str, trigger: Trigger, reason: str | None, hold: Hold, generation: int | None
@@ -372,36 +404,29 @@ class CircuitBreaker(BreakerBase):
     def record_success(self, key: str) -> None:
         """Record a successful call: the key's circuit closes and its counts reset.
 
-        After this thread's `check` of the same key, until this thread checks another key or
-        this breaker writes, the success is decided against the circuit that check read, at
-        its time: when that changes nothing (a healthy key), no statement runs at all.
+        It applies to what the database holds when it is called. When that is a clean
+        Closed circuit (proved unchanged by the local view, or read), nothing is written.
         """
         self._success(key, None)
 
     def _success(self, key: str, generation: int | None) -> None:
-        if not self._closed:  # (a closed breaker, a bad key: `_fire` says so)
-            cache = self._cache
-            answer = None if cache is None or type(key) is not str else cache.get(key)
+        """A success, fenced by `generation` for a permit's. Decided on what the database
+        holds now; on a clean circuit of the permit's generation nothing changes, so nothing
+        is decided or written."""
+        try:
+            held = self._read(key)
             if (
-                answer is not None
-                and answer.quiet_success
-                and generation in (None, answer.circuit.generation)
-            ):
-                return  # cached as Closed and clean: any change since would have dropped it
-            # Not for a permit: only a read tells whether its result is late (to audit it).
-            seen = None if generation is not None else getattr(self._seen_here, "last", None)
-            if (
-                seen is not None
-                and seen.checked
-                and seen.key == key
-                and seen.epoch == self._write_epoch
-                and not decide(seen.circuit, _SUCCESS, seen.now, self._config).needs_write
+                held is not None
+                and held.quiet
+                and (generation is None or generation == held.circuit.generation)
             ):
                 return
-        try:
-            self._fire(key, _SUCCESS, generation=generation)
+            self._fire(key, _SUCCESS, generation=generation, held=held)
         except StoreUnavailableError as error:
-            self._unless_unavailable(error)
+            try:
+                self._without_store(key, _SUCCESS, error, generation=generation)
+            except StoreUnavailableError as unavailable:
+                self._unless_unavailable(unavailable)
 
     def record_failure(
         self, key: str, reason: str | None = None, *, retry_after: timedelta | None = None
@@ -448,11 +473,10 @@ class CircuitBreaker(BreakerBase):
         hold: Hold = None,
     ) -> Transition:
         """An operator's change: written under the lock and audited with the actor."""
+        store = self._open_store()
+        key = self._key(key)
         check_reason(reason)
-        store, actor = self._open_store(key), self.actor
-        self._write_epoch = next(self._writes)
-        if self._cache is not None:
-            self._cache.drop(key)
+        actor = self.actor
         decision, _ = store.fire(
             key,
             trigger,
@@ -463,7 +487,7 @@ class CircuitBreaker(BreakerBase):
             must_exist=must_exist,
             hold=hold,
         )
-        self._outage.answered(key, decision.after)
+        self._outage.answered()
         if self._listeners:
             self._announce(key, trigger, decision, reason)
         return self._transition(key, trigger, decision, reason)
@@ -480,13 +504,13 @@ class CircuitBreaker(BreakerBase):
 
         An Open key whose cooldown has passed stays OPEN here until a `check` moves it.
         """
-        circuit, _ = self._open_store(key).load(key)
-        return circuit.state
+        store = self._open_store()
+        return store.read(self._key(key)).circuit.state
 
     def history(self, key: str, limit: int | None = None) -> list[Transition]:
         """The last `limit` transitions of `key` (all by default), oldest first."""
-        store = self._open_store(key)
-        return store.history(key, check_limit(limit))
+        store = self._open_store()
+        return store.history(self._key(key), check_limit(limit))
 
     def follow(
         self,
@@ -502,7 +526,9 @@ class CircuitBreaker(BreakerBase):
         A transition committed out of id order (concurrent writers on PostgreSQL) may appear
         up to one poll later than its neighbours; none is skipped unless pruned meanwhile.
         """
-        store = self._open_store(key)
+        store = self._open_store()
+        if key is not None:
+            key = self._key(key)
         if isinstance(last, bool) or not isinstance(last, int) or last < 0:
             raise InvalidArgumentError(f"last must be an integer >= 0, got {last!r}")
         if not isinstance(poll, timedelta) or poll <= timedelta(0):
@@ -576,8 +602,6 @@ class CircuitBreaker(BreakerBase):
     def close(self) -> None:
         """Release the database connections (an Engine passed in is left to its owner)."""
         if not self._closed:
-            if self._cache is not None:
-                self._cache.close()
             self._store.close()
             if self._owns_engine:
                 self._store.engine.dispose()

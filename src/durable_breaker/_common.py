@@ -129,6 +129,7 @@ class BreakerBase:
                 f"clock must be a callable returning POSIX seconds, got {clock!r}"
             )
         self._clock = clock
+        self._now()  # a clock that returns no time is refused now, not when a decision needs it
         self._outage: OutageTracker  # set by the breaker, which knows its database
         self._listeners: list[TransitionListener] = []
         self._rejection_listeners: list[RejectionListener] = []

@@ -8,7 +8,7 @@ import math
 import os
 import sqlite3
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,8 @@ _log = logging.getLogger("durable_breaker")
 # Engines we made, so a forked child can drop the connections it inherited (see below).
 _OWN_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 _WRITE_BOUNDS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+_CONNECT_ARGS: weakref.WeakKeyDictionary[Engine, dict[str, Any]] = weakref.WeakKeyDictionary()
+_WATCHDOGS: weakref.WeakKeyDictionary[Engine, StallWatchdog] = weakref.WeakKeyDictionary()
 
 
 # How many times this process is a fork of the one that imported us: connections opened
@@ -92,10 +94,27 @@ def make_engine(url: str | URL, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
             event.listen(engine, "begin", functools.partial(_postgres_on_begin, bounds))
         if bounds:
             _WRITE_BOUNDS[engine] = bounds
-        StallWatchdog(timeout_s + STALL_MARGIN_S).install(engine)
+        watchdog = StallWatchdog(timeout_s + STALL_MARGIN_S)
+        watchdog.install(engine)
+        _WATCHDOGS[engine] = watchdog
     prepare_engine(engine)
     _OWN_ENGINES.add(engine)
+    _CONNECT_ARGS[engine] = connect_args
     return engine
+
+
+def driver_connect(engine: Engine) -> Callable[[], Any]:
+    """Opens a PostgreSQL driver connection as `engine` (one we made) does, but outside its
+    pool and in autocommit: for the hot path's own connections."""
+    args, kwargs = engine.dialect.create_connect_args(engine.url)
+    kwargs = {**kwargs, **_CONNECT_ARGS.get(engine, {}), "autocommit": True}
+    connect = engine.dialect.loaded_dbapi.connect
+    return lambda: connect(*args, **kwargs)
+
+
+def watchdog(engine: Engine) -> StallWatchdog | None:
+    """The stall watchdog of a PostgreSQL engine we made (None for any other)."""
+    return _WATCHDOGS.get(engine)
 
 
 def _bounds_statement(options: str, timeout_ms: int) -> str | None:

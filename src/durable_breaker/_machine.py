@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -256,21 +256,75 @@ def decide(
     `hold`: until when a trip (from a failure's retry-after) or a force_open keeps the circuit
     open. `generation`: the generation of the circuit a permit's call was admitted under; an
     outcome from an earlier one is fenced: it changes nothing, and a success or a failure is
-    audited as a late result.
+    audited as a late result. A stored moment far ahead of `now` is rebased first (see
+    `rebased`); the decision then says the circuit changed, so that the rebase is stored.
     """
     if generation is not None and generation != circuit.generation and trigger in OUTCOMES:
         late = trigger is not Trigger.RELEASE
         return Decision(False, now, circuit, circuit, late, FENCED if late else None, False)
-    step = select_step(circuit.state, trigger, lambda name: GUARDS[name](circuit, now, config))
+    base = rebased(circuit, now, config)
+    step = select_step(base.state, trigger, lambda name: GUARDS[name](base, now, config))
     if step is None:
-        return Decision(False, now, circuit, circuit, False, None, False)
-    after = circuit
+        return Decision(False, now, base, base, False, None, base is not circuit)
+    after = base
     for effect in step.effects:
         after = EFFECTS[effect](after, now, hold)
     if step.dest is not None:
         after = replace(after, state=step.dest, generation=after.generation + 1)
     changed = after is not circuit and after != circuit
-    return Decision(True, now, circuit, after, step.dest is not None, step.passing_guard, changed)
+    return Decision(True, now, base, after, step.dest is not None, step.passing_guard, changed)
+
+
+def rebased(circuit: Circuit, now: datetime, config: CircuitBreakerConfig) -> Circuit:
+    """`circuit` with a moment stored more than one cooldown ahead of `now` treated as `now`.
+
+    Such a moment was stamped by a clock that has since stepped back (or by a host far ahead
+    of this one). Waiting for the clock to pass it again could hold a circuit open for as long
+    as the step; rebased, an Open circuit waits one cooldown (and keeps the length of its
+    Retry-After hold) from the moment the step is noticed, and a HalfOpen probe budget renews
+    one probe_timeout from then. A smaller lag still counts as no time passed, as the seed's
+    monotonic clock would. An operator's force_open keeps the moment it was given.
+    """
+    if circuit.state is CircuitState.OPEN:
+        stamped = circuit.last_failure_at
+        if stamped is not None and stamped - now > config.cooldown:
+            held_until = circuit.open_until
+            return replace(
+                circuit,
+                last_failure_at=now,
+                open_until=None if held_until is None else now + (held_until - stamped),
+            )
+    elif circuit.state is CircuitState.HALF_OPEN:
+        stamped = circuit.half_open_since
+        if stamped is not None and stamped - now > config.cooldown:
+            return replace(circuit, half_open_since=now)
+    return circuit
+
+
+_ANY_TIME = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+
+
+def unchanged_by(circuit: Circuit, trigger: Trigger) -> bool:
+    """Whether `trigger` leaves `circuit` exactly as it is, unaudited, whatever the time and
+    the settings: for `check`, that it admits the call.
+
+    True when the first transition declared for the circuit's state on `trigger` has no
+    guards and no destination, and its effects return the very same circuit at any time
+    (a check on Closed, a success on a clean Closed circuit), or when none is declared (a
+    success on ForcedOpen; not for a check, which then rejects). What the hot path may
+    answer without reading the clock or deciding.
+    """
+    steps = _STEPS.get((circuit.state, trigger))
+    if not steps:
+        return trigger is not Trigger.CHECK
+    step = steps[0]
+    if step.guards or step.dest is not None:
+        return False
+    return all(
+        EFFECTS[effect](circuit, now, None) is circuit
+        for effect in step.effects
+        for now in _ANY_TIME
+    )
 
 
 FENCED = "fenced"  # Decision.guard of a late outcome
@@ -307,6 +361,7 @@ def describe(decision: Decision, config: CircuitBreakerConfig) -> str | None:
 
 def retry_after(circuit: Circuit, now: datetime, config: CircuitBreakerConfig) -> float | None:
     """Seconds until `check` could admit a call on this circuit, or None when unknown."""
+    circuit = rebased(circuit, now, config)
     if decide(circuit, Trigger.CHECK, now, config).fired:
         return 0.0
     # Not admitted, so the moment is stored and lies ahead: wait until it passes (counting

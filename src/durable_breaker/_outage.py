@@ -1,17 +1,17 @@
-"""While the database is unavailable: notice it, log it once, and decide in process."""
+"""While the database is unavailable: notice it, log it once, and decide in process from
+what the local view holds."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections import OrderedDict
 from datetime import datetime
 
 from ._config import CircuitBreakerConfig
 from ._errors import StoreUnavailableError
 from ._machine import Decision, Hold, Trigger, decide
-from ._state import NEW_CIRCUIT, Circuit
+from ._view import LocalView
 
 # During an outage one call per interval tries the database; the others do not wait for it.
 RECHECK_INTERVAL_S = 1.0
@@ -19,18 +19,14 @@ _log = logging.getLogger("durable_breaker")
 
 
 class OutageTracker:
-    """One breaker's view of its database's health, and the circuits it last saw there.
+    """One breaker's idea of its database's health; during an outage, "fallback" decides on
+    the circuits its local view holds (what this process last read, wrote or decided)."""
 
-    The circuits are kept only when `remember` is set (on_store_error="fallback"), at most
-    `config.cached_keys` of them, least recently used dropped first.
-    """
-
-    def __init__(self, config: CircuitBreakerConfig, database: str, *, remember: bool) -> None:
+    def __init__(self, config: CircuitBreakerConfig, database: str, view: LocalView) -> None:
         self._config = config
         self._database = database
-        self._remember = remember
+        self._view = view
         self._lock = threading.Lock()
-        self._seen: OrderedDict[str, Circuit] = OrderedDict()
         self._since: float | None = None  # time.monotonic() when the outage began
         self._next_try = 0.0
 
@@ -74,8 +70,8 @@ class OutageTracker:
             error,
         )
 
-    def answered(self, key: str, circuit: Circuit) -> None:
-        """The database answered with `circuit` for `key`: end any outage, remember it."""
+    def answered(self) -> None:
+        """The database answered: end any outage."""
         if self._since is not None:
             with self._lock:
                 since, self._since = self._since, None
@@ -85,16 +81,6 @@ class OutageTracker:
                     self._database,
                     time.monotonic() - since,
                 )
-        if not self._remember:
-            return
-        if self._seen.get(key) is circuit:  # the same row again (reads share parsed rows)
-            try:  # (not contextlib.suppress: this runs on every healthy call)
-                self._seen.move_to_end(key)  # still the most recently used
-            except KeyError:  # dropped by another thread meanwhile
-                return
-            return
-        with self._lock:
-            self._keep(key, circuit)
 
     def decide(
         self,
@@ -106,16 +92,11 @@ class OutageTracker:
         hold: Hold = None,
         generation: int | None = None,
     ) -> Decision:
-        """Decide from the last circuit this process saw (a new one if none), in process."""
+        """Decide from the last circuit this process saw (a new one if none), in process;
+        hold what changes (unproved: once the database answers, its state wins)."""
         with self._lock:
-            circuit = self._seen.get(key, NEW_CIRCUIT)
+            circuit = self._view.last(key)
             decision = decide(circuit, trigger, now, self._config, hold=hold, generation=generation)
             if decision.changed and not peek:
-                self._keep(key, decision.after)
+                self._view.remember(key, decision.after)
         return decision
-
-    def _keep(self, key: str, circuit: Circuit) -> None:
-        self._seen[key] = circuit
-        self._seen.move_to_end(key)
-        if len(self._seen) > self._config.cached_keys:
-            self._seen.popitem(last=False)

@@ -1,12 +1,15 @@
-"""Permits: one admitted call's right to report its outcome once, fenced by its generation."""
+"""Permits and guards: one admitted call's right to report its outcome once, fenced by its
+generation; and how a guarded block's end becomes that outcome without ever replacing the
+caller's exception."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ._common import check_reason
 from ._errors import DurableBreakerError, InvalidArgumentError
@@ -18,30 +21,56 @@ Report = Callable[[str, Trigger, int | None, str | None, BaseException | None], 
 AsyncReport = Callable[
     [str, Trigger, int | None, str | None, BaseException | None], Awaitable[None]
 ]
+IsFailure = Callable[[BaseException], bool]
+_SUCCESS, _FAILURE, _RELEASE = Trigger.SUCCESS, Trigger.FAILURE, Trigger.RELEASE
+_MAX_REASON = 500  # characters of an exception's reason kept in the audit trail
+_log = logging.getLogger("durable_breaker")
+# One lock for every permit's once-only settling: held for a few instructions, and a lock
+# per permit would cost more to make than this one costs to share.
+_SETTLING = threading.Lock()
 
 
 def reason_of(error: BaseException) -> str:
-    """An audit reason naming an exception: its type and, if any, its message."""
-    text = str(error)
+    """An audit reason naming an exception: its type and, if any, its message, made storable
+    (NUL and lone surrogates escaped, as SDKs copying a raw response body may carry them)
+    and cut to 500 characters. Never raises, whatever the exception's `__str__` does."""
     name = type(error).__qualname__
-    return f"{name}: {text}"[:500] if text else name
+    try:
+        text = str(error)
+    except Exception:
+        text = "<message unavailable: its __str__ raised>"
+    reason = f"{name}: {text}" if text else name
+    if len(reason) > _MAX_REASON:
+        reason = reason[: _MAX_REASON - 3] + "..."
+    return storable_text(reason)
+
+
+def storable_text(text: str) -> str:
+    """`text` with what no backend stores as text escaped: NUL as \\x00, a lone surrogate as
+    \\udXXX (the backslashes of the escapes are the only change)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class _Settled:
     """The once-only bookkeeping both permit kinds share."""
 
-    __slots__ = ("_lock", "_outcome", "generation", "key")
+    __slots__ = ("_outcome", "generation", "key")
 
     def __init__(self, key: str, generation: int | None) -> None:
         self.key = key
         # Of the circuit the call was admitted under; None: admitted without the database.
         self.generation = generation
         self._outcome: Trigger | None = None
-        self._lock = threading.Lock()
 
     def _settle(self, trigger: Trigger, reason: str | None = None) -> None:
         check_reason(reason)  # before settling: a bad reason must not lose the outcome
-        with self._lock:
+        with _SETTLING:
             if self._outcome is not None:
                 raise InvalidArgumentError(
                     f"this permit for {self.key!r} was already settled "
@@ -65,6 +94,23 @@ class _Settled:
         return f"{type(self).__name__}({self.key!r}, generation={self.generation}, {outcome})"
 
 
+class Reporter(Protocol):
+    """What a sync permit reports to (its breaker)."""
+
+    def _admit(self, key: str) -> int | None: ...
+
+    def _success(self, key: str, generation: int | None) -> None: ...
+
+    def _report(
+        self,
+        key: str,
+        trigger: Trigger,
+        generation: int | None,
+        reason: str | None,
+        error: BaseException | None,
+    ) -> None: ...
+
+
 class Permit(_Settled):
     """An admitted call. Report exactly one of `succeeded()`, `failed()`, `abandoned()`.
 
@@ -72,27 +118,106 @@ class Permit(_Settled):
     but changes nothing; `abandoned()` gives a half-open probe back at once.
     """
 
-    __slots__ = ("_report",)
+    __slots__ = ("_breaker",)
 
-    def __init__(self, key: str, generation: int | None, report: Report) -> None:
+    def __init__(self, key: str, generation: int | None, breaker: Reporter) -> None:
         super().__init__(key, generation)
-        self._report = report
+        self._breaker = breaker
 
     def succeeded(self) -> None:
         """The call succeeded."""
-        self._settle(Trigger.SUCCESS)
-        self._report(self.key, Trigger.SUCCESS, self.generation, None, None)
+        self._settle(_SUCCESS)
+        self._breaker._success(self.key, self.generation)
 
     def failed(self, reason: str | None = None, *, error: BaseException | None = None) -> None:
         """The call failed; `error`'s Retry-After, if any, holds a trip open that long."""
-        self._settle(Trigger.FAILURE, reason)
-        self._report(self.key, Trigger.FAILURE, self.generation, reason, error)
+        self._settle(_FAILURE, reason)
+        self._breaker._report(self.key, _FAILURE, self.generation, reason, error)
 
     def abandoned(self) -> None:
         """The call ended without an outcome to count (cancelled, interrupted, ignored)."""
-        self._settle(Trigger.RELEASE)
+        self._settle(_RELEASE)
+        self._give_back()
+
+    def _give_back(self) -> None:
         if self._holds_known_probe:
-            self._report(self.key, Trigger.RELEASE, self.generation, None, None)
+            self._breaker._report(self.key, _RELEASE, self.generation, None, None)
+
+
+class Guard(Permit):
+    """`with breaker.guard(key) as permit:` — a permit acquired on entry and settled on exit:
+    success on a normal exit, failure on a counted exception, abandoned on anything else.
+
+    The block's exception always propagates as it is: an error recording its outcome is
+    logged and noted on it (and a probe it held is given back when the database takes it).
+    """
+
+    __slots__ = ("_entered", "_is_failure")
+
+    def __init__(self, key: str, breaker: Reporter, is_failure: IsFailure) -> None:
+        super().__init__(key, None, breaker)
+        self._is_failure = is_failure
+        self._entered = False
+
+    def __enter__(self) -> Guard:
+        if self._entered:
+            raise InvalidArgumentError("a guard is used once: call breaker.guard(key) per call")
+        self._entered = True
+        self.generation = self._breaker._admit(self.key)
+        return self
+
+    def __exit__(
+        self, _type: type[BaseException] | None, error: BaseException | None, _tb: Any
+    ) -> None:
+        if self._outcome is not None:
+            return  # settled inside the block
+        if error is None:
+            try:
+                self.succeeded()
+            except BaseException:
+                _quietly(self._give_back)  # the success was not recorded: free its probe
+                raise
+            return
+        counts = _counts(error, self._is_failure)
+        try:
+            if counts:
+                self.failed(reason_of(error), error=error)
+            else:
+                self.abandoned()
+        except Exception as recording:
+            _note(error, self.key, recording)
+            if counts:
+                _quietly(self._give_back)
+
+
+def _counts(error: BaseException, is_failure: IsFailure) -> bool:
+    """Whether the block's exception counts as a failure; a classifier that raises counts
+    it (as an unknown error would) and is logged, so it cannot replace the exception."""
+    if not isinstance(error, Exception):
+        return False  # a cancellation, an interrupt, an exit: never the service's fault
+    try:
+        return bool(is_failure(error))
+    except Exception:
+        _log.exception("is_failure raised for %r; counted as a failure", error)
+        return True
+
+
+def _note(error: BaseException, key: str, recording: BaseException) -> None:
+    """Log that `error`'s outcome could not be recorded, and say so on `error` itself."""
+    _log.warning(
+        "could not record the outcome of a call guarded by %r (%s); its exception "
+        "propagates unchanged",
+        key,
+        recording,
+    )
+    error.add_note(f"durable-breaker could not record this outcome for {key!r}: {recording!r}")
+
+
+def _quietly(give_back: Callable[[], object]) -> None:
+    try:
+        give_back()
+    except Exception as error:  # the outcome's own error already says what went wrong
+        _log.warning("could not give a probe back: %s", error)
 
 
 class AsyncPermit(_Settled):
@@ -106,17 +231,17 @@ class AsyncPermit(_Settled):
 
     async def succeeded(self) -> None:
         """The call succeeded."""
-        await self._reported(Trigger.SUCCESS, None, None)
+        await self._reported(_SUCCESS, None, None)
 
     async def failed(
         self, reason: str | None = None, *, error: BaseException | None = None
     ) -> None:
         """The call failed; `error`'s Retry-After, if any, holds a trip open that long."""
-        await self._reported(Trigger.FAILURE, reason, error)
+        await self._reported(_FAILURE, reason, error)
 
     async def abandoned(self) -> None:
         """The call ended without an outcome to count (cancelled, interrupted, ignored)."""
-        await self._reported(Trigger.RELEASE, None, None)
+        await self._reported(_RELEASE, None, None)
 
     async def _reported(
         self, trigger: Trigger, reason: str | None, error: BaseException | None
@@ -124,13 +249,17 @@ class AsyncPermit(_Settled):
         # Settled once begun: a cancellation meanwhile waits for the report to be stored,
         # then propagates (a half-written outcome would leave a probe taken for good).
         self._settle(trigger, reason)
-        if trigger is Trigger.RELEASE and not self._holds_known_probe:
+        if trigger is _RELEASE and not self._holds_known_probe:
             return
         _, cancelled = await to_completion(
             self._report(self.key, trigger, self.generation, reason, error)
         )
         if cancelled:
             raise asyncio.CancelledError
+
+    async def _give_back(self) -> None:
+        if self._holds_known_probe:
+            await to_completion(self._report(self.key, _RELEASE, self.generation, None, None))
 
 
 async def to_completion(awaitable: Awaitable[T]) -> tuple[T, bool]:
@@ -170,66 +299,15 @@ async def acquired(acquire: Awaitable[AsyncPermit]) -> AsyncPermit:
     return permit
 
 
-def _settle_from(
-    permit: Permit, error: BaseException | None, is_failure: Callable[[BaseException], bool]
-) -> None:
-    if permit.settled:
-        return
-    if error is None:
-        permit.succeeded()
-    elif isinstance(error, Exception) and is_failure(error):
-        permit.failed(reason_of(error), error=error)
-    else:
-        with _unless_interrupted(error):
-            permit.abandoned()
-
-
-def _unless_interrupted(error: BaseException) -> contextlib.AbstractContextManager[None]:
-    # A cancellation or an interrupt must propagate as it is: an error giving the probe back
-    # (the database is down, in "raise" mode) must not replace it.
-    if isinstance(error, Exception):
-        return contextlib.nullcontext()
-    return contextlib.suppress(DurableBreakerError)
-
-
-class Guard:
-    """`with breaker.guard(key):` — a permit acquired on entry, settled on exit: success on a
-    normal exit, failure on a counted exception, abandoned on anything else."""
-
-    __slots__ = ("_acquire", "_entered", "_is_failure", "_permit")
-
-    def __init__(
-        self, acquire: Callable[[], Permit], is_failure: Callable[[BaseException], bool]
-    ) -> None:
-        self._acquire, self._is_failure = acquire, is_failure
-        self._entered = False
-        self._permit: Permit | None = None
-
-    def __enter__(self) -> Permit:
-        if self._entered:
-            raise InvalidArgumentError("a guard is used once: call breaker.guard(key) per call")
-        self._entered = True
-        self._permit = self._acquire()
-        return self._permit
-
-    def __exit__(
-        self, _type: type[BaseException] | None, error: BaseException | None, _tb: Any
-    ) -> None:
-        assert self._permit is not None
-        _settle_from(self._permit, error, self._is_failure)
-
-
 class AsyncGuard:
-    """`async with breaker.guard_async(key):` — `Guard` for coroutines."""
+    """`async with breaker.guard_async(key) as permit:` — `Guard` for coroutines."""
 
-    __slots__ = ("_acquire", "_entered", "_is_failure", "_permit")
+    __slots__ = ("_acquire", "_entered", "_is_failure", "_key", "_permit")
 
     def __init__(
-        self,
-        acquire: Callable[[], Awaitable[AsyncPermit]],
-        is_failure: Callable[[BaseException], bool],
+        self, key: str, acquire: Callable[[], Awaitable[AsyncPermit]], is_failure: IsFailure
     ) -> None:
-        self._acquire, self._is_failure = acquire, is_failure
+        self._key, self._acquire, self._is_failure = key, acquire, is_failure
         self._entered = False
         self._permit: AsyncPermit | None = None
 
@@ -248,12 +326,33 @@ class AsyncGuard:
         if permit.settled:
             return
         if error is None:
-            await permit.succeeded()
-        elif isinstance(error, Exception) and self._is_failure(error):
-            await permit.failed(reason_of(error), error=error)
-        else:
-            with _unless_interrupted(error):
+            try:
+                await permit.succeeded()
+            except Exception:
+                await _quietly_async(permit)
+                raise
+            return
+        counts = _counts(error, self._is_failure)
+        try:
+            if counts:
+                await permit.failed(reason_of(error), error=error)
+            else:
                 await permit.abandoned()
+        except Exception as recording:
+            _note(error, self._key, recording)
+            if counts:
+                await _quietly_async(permit)
+        except BaseException:
+            if isinstance(error, Exception):
+                raise  # a cancellation while recording: it wins over an ordinary error
+            # The block's own cancellation or interrupt propagates as it is.
+
+
+async def _quietly_async(permit: AsyncPermit) -> None:
+    try:
+        await permit._give_back()
+    except Exception as error:
+        _log.warning("could not give a probe back: %s", error)
 
 
 KeyOf = str | Callable[..., str]

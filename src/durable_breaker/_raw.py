@@ -2,10 +2,11 @@
 
 SQLAlchemy's Connection checkout and statement execution cost several times these statements
 themselves, so they skip it: SQLite through one autocommit sqlite3 connection per thread,
-PostgreSQL through a pooled connection switched to autocommit (psycopg prepares statements
-after a few uses). Driver errors are wrapped as SQLAlchemy would wrap them, so the retry and
-outage logic sees one kind of error. Everything else (locked transactions, migrations,
-listings) goes through SQLAlchemy.
+PostgreSQL through autocommit psycopg connections of its own (psycopg prepares statements
+after a few uses). Reads return the row as the driver gives it; `parse` turns one into a
+circuit (the local view parses a row only when it differs from the one it holds). Driver
+errors are wrapped as SQLAlchemy would wrap them, so the retry and outage logic sees one kind
+of error. Everything else (locked transactions, migrations, listings) goes through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import select as io_select
 import sqlite3
 import threading
 import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -75,43 +77,27 @@ def _statements(p: str) -> dict[str, str]:
 
 
 _STATES = {state.value: state for state in CircuitState}
-_DATA_VERSION = "PRAGMA data_version"
-_STALE_CHECKS = 4  # data_version found changed this many times in a row: stop checking...
-_SKIPPED_CHECKS = 64  # ...for this many reads
 _IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open
-_CHECKOUT_TRIES = 20  # dead pooled connections skipped before asking for a fresh one
+_CHECKOUT_TRIES = 20  # dead idle connections skipped before opening a fresh one
 
 
-class _Parsed:
-    """Rows already turned into circuits: most reads return a row seen before (a healthy key
-    reads the same values every time), and a lookup costs less than parsing its times."""
+def _parser(parse_time: Callable[[Any], datetime]) -> Callable[[tuple[Any, ...]], Versioned]:
+    """Turns a row of `_COLUMNS` into a circuit and its version, reading times with `parse_time`."""
 
-    def __init__(self, parse_time: Any, size: int = 4096) -> None:
-        self._parse_time = parse_time
-        self._size = size
-        self._circuits: dict[tuple[Any, ...], Versioned] = {}
+    def parse(row: tuple[Any, ...]) -> Versioned:
+        state, failures, probes, last_failure_at, half_open_since, open_until, generation = row[:7]
+        circuit = Circuit(
+            _STATES[state],
+            failures,
+            probes,
+            None if last_failure_at is None else parse_time(last_failure_at),
+            None if half_open_since is None else parse_time(half_open_since),
+            None if open_until is None else parse_time(open_until),
+            generation,
+        )
+        return circuit, row[7]
 
-    def circuit(self, row: tuple[Any, ...]) -> Versioned:
-        stored = self._circuits.get(row)
-        if stored is None:
-            state, failures, probes, last_failure_at, half_open_since, open_until, generation = row[
-                :7
-            ]
-            parse = self._parse_time
-            circuit = Circuit(
-                _STATES[state],
-                failures,
-                probes,
-                None if last_failure_at is None else parse(last_failure_at),
-                None if half_open_since is None else parse(half_open_since),
-                None if open_until is None else parse(open_until),
-                generation,
-            )
-            version = row[7]
-            if len(self._circuits) >= self._size:
-                self._circuits.clear()  # bounded; refills with what is read now
-            stored = self._circuits[row] = (circuit, version)
-        return stored
+    return parse
 
 
 def _sqlite_time(text: str) -> datetime:
@@ -166,57 +152,14 @@ _POSTGRES = _postgres_writes()
 
 
 class _ThreadConnection:
-    """One thread's sqlite3 connection, with the rows it read that are still current; closed
-    when the thread ends and drops it.
+    """One thread's sqlite3 connection; closed when the thread ends and drops it."""
 
-    PRAGMA data_version changes with every commit made through another connection (in any
-    process), and costs less than reading a row: while it has not changed, the rows read
-    since it was last seen are current, and a healthy key's `check` reads nothing else.
-    """
+    __slots__ = ("__weakref__", "connection", "cursor", "forks")
 
-    __slots__ = (
-        "__weakref__",
-        "connection",
-        "cursor",
-        "data_version",
-        "forks",
-        "kept",
-        "known",
-        "skips",
-        "stale",
-    )
-
-    def __init__(self, connection: sqlite3.Connection, kept: int) -> None:
+    def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
-        self.kept = kept  # at most this many rows in `known`
         self.cursor = connection.cursor()
         self.forks = _engine.forks
-        self.data_version = self.cursor.execute(_DATA_VERSION).fetchone()[0]
-        self.known: dict[tuple[str, str], Versioned | None] = {}  # read since data_version
-        self.stale = 0  # checks in a row that found data_version changed
-        self.skips = 0  # reads left that do not check it first (a busy database)
-
-    def unchanged(self) -> bool:
-        """Whether nothing was committed elsewhere since the `known` rows were read."""
-        if self.skips:
-            self.skips -= 1
-            return False
-        data_version = self.cursor.execute(_DATA_VERSION).fetchone()[0]
-        if data_version == self.data_version:
-            self.stale = 0
-            return True
-        self.known.clear()
-        self.data_version = data_version
-        self.stale += 1
-        if self.stale == _STALE_CHECKS:  # others write between most reads: just read a while
-            self.stale, self.skips = 0, _SKIPPED_CHECKS
-        return False
-
-    def remember(self, name: tuple[str, str], stored: Versioned | None) -> None:
-        """Keep a row read after data_version was last seen (so current while it holds)."""
-        if len(self.known) >= self.kept:
-            self.known.clear()
-        self.known[name] = stored
 
     def close(self) -> None:
         self.connection.close()
@@ -229,9 +172,10 @@ class SqliteRaw:
     """Statements through one sqlite3 connection per thread (sqlite3 objects are not
     shareable between threads)."""
 
-    def __init__(self, engine: Engine, timeout_s: float, kept_rows: int) -> None:
+    parse = staticmethod(_parser(_sqlite_time))
+
+    def __init__(self, engine: Engine, timeout_s: float) -> None:
         self._engine = engine
-        self._kept_rows = kept_rows
         args, kwargs = engine.dialect.create_connect_args(engine.url)
         self._database: str = args[0]
         self._connect_kwargs = {
@@ -245,28 +189,33 @@ class SqliteRaw:
         )
         self._local = threading.local()
         self._opened: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
-        self._parsed = _Parsed(_sqlite_time)
 
-    def load(self, namespace: str, key: str) -> Versioned | None:
-        # `_thread_connection`'s own test, inline: a call less on every healthy check.
-        held: _ThreadConnection | None = getattr(self._local, "held", None)
-        if held is None or held.forks != _engine.forks:
-            held = self._thread_connection()
-        name = (namespace, key)
+    def connect(self) -> sqlite3.Connection:
+        """A new autocommit connection to the file, as the hot path opens them."""
         try:
-            if name in held.known and held.unchanged():
-                return held.known[name]
-            row = held.cursor.execute(self._sql, name).fetchone()
+            connection: sqlite3.Connection = sqlite3.connect(self._database, **self._connect_kwargs)
         except sqlite3.Error as error:
-            raise _wrapped(self._engine, self._sql, error, invalidated=False) from error
-        stored = None if row is None else self._parsed.circuit(row)
-        held.remember(name, stored)
-        return stored
+            raise wrapped(self._engine, "connect", error) from error
+        return connection
+
+    def wrap(self, statement: str, error: Exception) -> Any:
+        """A driver error of this file's as SQLAlchemy would raise it."""
+        return wrapped(self._engine, statement, error)
+
+    def load(self, namespace: str, key: str) -> tuple[Any, ...] | None:
+        """The key's row (see `parse`), or None if it is not stored."""
+        held = self._thread_connection()
+        try:
+            row: tuple[Any, ...] | None = held.cursor.execute(
+                self._sql, (namespace, key)
+            ).fetchone()
+        except sqlite3.Error as error:
+            raise wrapped(self._engine, self._sql, error) from error
+        return row
 
     def write(self, change: Change) -> int | None:
         """Apply `change` if its row is unchanged; the row's new version, or None if not."""
         held = self._thread_connection()
-        held.known.pop((change.namespace, change.key), None)  # (its own commits keep data_version)
         cursor, sql = held.cursor, _SQLITE
         stored = _sqlite_values(change.stored)
         now = _sqlite_text(change.now)
@@ -295,7 +244,7 @@ class SqliteRaw:
                 self._local.held = None
                 held.close()
             if isinstance(error, sqlite3.Error):
-                raise _wrapped(self._engine, "write a circuit", error, invalidated=False) from error
+                raise wrapped(self._engine, "write a circuit", error) from error
             raise
         if not written:
             return None
@@ -304,15 +253,12 @@ class SqliteRaw:
     def _thread_connection(self) -> _ThreadConnection:
         held: _ThreadConnection | None = getattr(self._local, "held", None)
         if held is None or held.forks != _engine.forks:  # a new thread, or a forked child
+            connection = self.connect()
             try:
-                connection = sqlite3.connect(self._database, **self._connect_kwargs)
-                try:
-                    held = _ThreadConnection(connection, self._kept_rows)
-                except BaseException:
-                    connection.close()
-                    raise
-            except sqlite3.Error as error:
-                raise _wrapped(self._engine, "connect", error, invalidated=False) from error
+                held = _ThreadConnection(connection)
+            except BaseException:
+                connection.close()
+                raise
             self._local.held = held
             self._opened.add(held)
         return held
@@ -324,19 +270,31 @@ class SqliteRaw:
 
 
 class PostgresRaw:
-    """Statements through the engine's pool, on the driver connection, in autocommit."""
+    """Statements through autocommit psycopg connections of its own, kept idle between uses
+    (a stack: taking one back and giving it back cost no pool checkout, no events, no switch
+    to autocommit and back). At most the engine pool's size are kept idle; more are opened
+    while more threads read at once, and closed when given back. Each use is watched by the
+    engine's stall watchdog, as a pooled connection would be."""
+
+    parse = staticmethod(_parser(_postgres_time))
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._parsed = _Parsed(_postgres_time)
+        self._connect = _engine.driver_connect(engine)
+        self._watchdog = _engine.watchdog(engine)
         self._bounds = write_bounds(engine)
+        self._error: Any = engine.dialect.loaded_dbapi.Error
+        self._idle: list[Any] = []
+        self._keep_idle = max(1, engine.pool.size())  # type: ignore[attr-defined]
+        self._forks = _engine.forks
         self._sql = (
             f"SELECT {_COLUMNS} FROM durable_breaker_circuit WHERE namespace = %s AND key = %s"
         )
 
-    def load(self, namespace: str, key: str) -> Versioned | None:
-        row = self._execute(self._sql, (namespace, key))
-        return None if row is None else self._parsed.circuit(row)
+    def load(self, namespace: str, key: str) -> tuple[Any, ...] | None:
+        """The key's row (see `parse`), or None if it is not stored."""
+        row: tuple[Any, ...] | None = self._execute(self._sql, (namespace, key))
+        return row
 
     def write(self, change: Change) -> int | None:
         """Apply `change`, and its audit row, in one statement if its row is unchanged; the
@@ -349,11 +307,18 @@ class PostgresRaw:
         if change.audit is not None:
             params = (*params, *change.audit)
         sql = _POSTGRES[change.version is None, change.audit is not None]
-        if self._execute(sql, params, bounds=self._bounds) is None:
+        if self._execute(sql, params, bounds=self._bounds, write=True) is None:
             return None
         return 1 if change.version is None else change.version + 1
 
-    def _execute(self, sql: str, params: tuple[Any, ...], *, bounds: str | None = None) -> Any:
+    def _execute(
+        self,
+        sql: str,
+        params: tuple[Any, ...],
+        *,
+        bounds: str | None = None,
+        write: bool = False,
+    ) -> Any:
         """The first row `sql` returns (None if none), in autocommit.
 
         `bounds` (set_config(..., true) of the write's timeouts) is sent first in the same
@@ -361,78 +326,95 @@ class PostgresRaw:
         timeouts cover every lock the statement waits for (the table's too) and end with it.
         Still one round trip, and no BEGIN or COMMIT.
         """
-        pooled = self._checkout()
-        connection: Any = pooled.dbapi_connection
+        connection = self._take(alive=write)
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.watch(connection)
         try:
-            # Autocommit: no BEGIN and COMMIT or ROLLBACK round trips around one statement.
-            # Always restored: the pool's other users run transactions on this connection.
-            connection.autocommit = True
-            try:
-                if bounds is None:
-                    row = connection.execute(sql, params).fetchone()
-                else:
-                    with connection.pipeline():
-                        connection.execute(bounds)
-                        cursor = connection.execute(sql, params)
-                    row = cursor.fetchone()
-            finally:
-                if connection.info.transaction_status == _IDLE:
-                    connection.autocommit = False
-            return row
-        except self._engine.dialect.loaded_dbapi.Error as error:
+            if bounds is None:
+                row = connection.execute(sql, params).fetchone()
+            else:
+                with connection.pipeline():
+                    connection.execute(bounds)
+                    cursor = connection.execute(sql, params)
+                row = cursor.fetchone()
+        except self._error as error:
             lost = self._engine.dialect.is_disconnect(error, connection, None)
-            if lost or connection.autocommit:  # broken, or not restored: not for the pool
-                pooled.invalidate(error)
-            raise _wrapped(self._engine, sql, error, invalidated=lost) from error
-        except BaseException as error:  # interrupted mid-statement: the connection is suspect
-            pooled.invalidate(error)
+            if lost or connection.info.transaction_status != _IDLE:
+                connection.close()  # broken, or left mid-transaction: not to be used again
+            else:
+                self._give_back(connection)
+            raise wrapped(self._engine, sql, error, invalidated=lost) from error
+        except BaseException:  # interrupted mid-statement: the connection is suspect
+            connection.close()
             raise
         finally:
-            pooled.close()
+            if watchdog is not None:
+                watchdog.release(connection)
+        self._give_back(connection)
+        return row
 
-    def _checkout(self) -> Any:
-        """A pooled connection the server has not already closed.
-
-        A server that restarted, or ended an idle session, has sent its goodbye (or EOF)
-        before our next statement: pending input on an idle connection shows it without a
-        round trip, so no statement is ever sent on it (and no write becomes ambiguous).
-        """
+    def _take(self, *, alive: bool) -> Any:
+        """An idle connection, or a new one. For a write (`alive`), one the server has not
+        already closed: a server that restarted, or ended an idle session, has sent its
+        goodbye (or EOF) before our next statement, and pending input on an idle connection
+        shows it without a round trip; so no write is ever sent on it, and none becomes
+        ambiguous that way. A read on one fails, and is retried, harmlessly."""
+        if self._forks != _engine.forks:  # a forked child: the parent's connections are its own
+            self._idle, self._forks = [], _engine.forks
         for _ in range(_CHECKOUT_TRIES):
             try:
-                pooled = self._engine.raw_connection()
-            except self._engine.dialect.loaded_dbapi.Error as error:
-                raise _wrapped(self._engine, "connect", error, invalidated=False) from error
-            connection: Any = pooled.dbapi_connection
+                connection = self._idle.pop()
+            except IndexError:
+                break
+            if not alive:
+                return connection
             try:
                 readable, _, _ = io_select.select([connection.fileno()], [], [], 0)
-            except (OSError, ValueError, self._engine.dialect.loaded_dbapi.Error):
+            except (OSError, ValueError, self._error):
                 readable = [True]
             if not readable:
-                return pooled
-            pooled.invalidate()
-            pooled.close()
-        return self._engine.raw_connection()  # new connections, after so many dead ones
+                return connection
+            connection.close()
+        try:
+            return self._connect()
+        except self._error as error:
+            raise wrapped(self._engine, "connect", error) from error
+
+    def _give_back(self, connection: Any) -> None:
+        if len(self._idle) < self._keep_idle and self._forks == _engine.forks:
+            self._idle.append(connection)
+        else:
+            connection.close()
 
     def close(self) -> None:
-        pass  # the engine's pool holds the connections
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
 
 
 class ThroughSqlAlchemy:
-    """For an SQLite engine the caller made (its own pool, creator, events): the same reads
-    through SQLAlchemy, and every write through the locked transaction. Slower, but it uses
-    the connections the caller set up."""
+    """For an Engine the caller made (its own pool, creator, events): the same reads through
+    SQLAlchemy, and every write through the locked transaction. Slower, but it uses the
+    connections the caller set up."""
+
+    parse = staticmethod(_parser(lambda value: value))  # SQLAlchemy returns aware UTC times
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._parsed = _Parsed(lambda value: value)  # SQLAlchemy returns aware UTC times
+        self._reader = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
         self._select = select(*(circuits.c[name] for name in _COLUMNS.split(", "))).where(
             circuits.c.namespace == bindparam("ns"), circuits.c.key == bindparam("k")
         )
 
-    def load(self, namespace: str, key: str) -> Versioned | None:
-        with self._engine.connect() as connection:
+    def load(self, namespace: str, key: str) -> tuple[Any, ...] | None:
+        with self._reader.connect() as connection:
             row = connection.execute(self._select, {"ns": namespace, "k": key}).first()
-        return None if row is None else self._parsed.circuit(tuple(row))
+        return None if row is None else tuple(row)
 
     def write(self, change: Change) -> int | None:
         return None  # decided again, and written, under the lock
@@ -441,7 +423,7 @@ class ThroughSqlAlchemy:
         pass  # the caller's engine holds the connections
 
 
-def _wrapped(engine: Engine, statement: str, error: Exception, *, invalidated: bool) -> Any:
+def wrapped(engine: Engine, statement: str, error: Exception, *, invalidated: bool = False) -> Any:
     """`error` as SQLAlchemy would have raised it (OperationalError, ...)."""
     return exc.DBAPIError.instance(
         statement,

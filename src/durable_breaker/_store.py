@@ -29,6 +29,7 @@ from ._raw import AUDIT_COLUMNS, Change, PostgresRaw, SqliteRaw, ThroughSqlAlche
 from ._state import NEW_CIRCUIT, Circuit, CircuitState, Transition
 from ._tables import circuits, transitions
 from ._urls import safe_url
+from ._view import DataVersion, Held, LocalView, NoProof, Notifications, Rule
 
 Statement = tuple[Any, dict[str, Any]]  # an executable and its parameters
 _CIRCUIT_COLUMNS = (
@@ -218,11 +219,12 @@ class Statements:
 
 
 class SqlStore(Statements):
-    """The circuits of one namespace in one SQLite or PostgreSQL database."""
+    """The circuits of one namespace in one SQLite or PostgreSQL database, and the local view
+    that spares reading them while its rule proves them unchanged (see `_view`)."""
 
-    def __init__(self, engine: Engine, namespace: str, timeout_s: float, kept_rows: int) -> None:
-        """`kept_rows`: how many rows each SQLite thread connection keeps while no other
-        connection commits (see `SqliteRaw`)."""
+    def __init__(
+        self, engine: Engine, namespace: str, timeout_s: float, *, cached_keys: int, cache: bool
+    ) -> None:
         super().__init__(engine.dialect.name, namespace)
         self.engine = engine
         self.timeout_s = timeout_s  # how long transient faults are retried
@@ -235,30 +237,44 @@ class SqlStore(Statements):
             else engine
         )
         self._raw: SqliteRaw | PostgresRaw | ThroughSqlAlchemy
-        if engine.dialect.name == "postgresql":
+        rule: Rule = NoProof()
+        if not owns(engine):
+            self._raw = ThroughSqlAlchemy(engine)  # the caller's connections, as they are
+        elif engine.dialect.name == "postgresql":
             self._raw = PostgresRaw(engine)
-        elif owns(engine):
-            self._raw = SqliteRaw(engine, timeout_s, kept_rows)
         else:
-            self._raw = ThroughSqlAlchemy(engine)
+            self._raw = sqlite = SqliteRaw(engine, timeout_s)
+            rule = DataVersion(sqlite.connect, sqlite.wrap)
+        if cache:
+            rule = Notifications(engine, namespace, timeout_s)
+        self.view = LocalView(rule, cached_keys)
+        if isinstance(rule, Notifications):
+            rule.view = self.view
 
-    def load(self, key: str) -> tuple[Circuit, int | None]:
-        """The committed circuit of `key` and its row's version (a new circuit and None if
-        never stored), read without locking."""
+    def read(self, key: str) -> Held:
+        """What the database holds for `key` now: what the view holds, if its rule proves it
+        current, else the committed row, read without locking (and held)."""
         try:
-            stored = self._raw.load(self.namespace, key)
+            return self._read(key)
         except exc.SQLAlchemyError as error:
             if classify(error) is not Fault.TRANSIENT:
                 with translate_errors(self.engine, "read a circuit"):
                     raise
             # Retried from here, so that the healthy path costs no retry set-up.
-            stored = with_retries(
-                self.engine,
-                "read a circuit",
-                self.timeout_s,
-                lambda: self._raw.load(self.namespace, key),
+            return with_retries(
+                self.engine, "read a circuit", self.timeout_s, lambda: self._read(key)
             )
-        return (NEW_CIRCUIT, None) if stored is None else stored
+
+    def _read(self, key: str) -> Held:
+        view = self.view
+        rule = view.rule
+        proof = rule.proof()
+        held = view.current(key, proof)
+        if held is not None:
+            return held
+        before = rule.before_read(proof)
+        raw = self._raw
+        return view.read(key, raw.load(self.namespace, key), before, raw.parse)
 
     def write(
         self,
@@ -280,6 +296,7 @@ class SqlStore(Statements):
         uncontended write costs one round trip.
         """
         after, audit = decision.after, self._audit(key, trigger, decision, reason, actor, config)
+        self.view.changing(key)
         change = Change(
             self.namespace,
             key,
@@ -297,7 +314,7 @@ class SqlStore(Statements):
             None if audit is None else tuple(audit[name] for name in AUDIT_COLUMNS),
         )
         try:
-            return self._raw.write(change)
+            written = self._raw.write(change)
         except exc.SQLAlchemyError as error:
             fault = classify(error)
             lost = fault is Fault.UNREACHABLE or (
@@ -309,7 +326,7 @@ class SqlStore(Statements):
                 # the session (a restart, an administrator) is no statement of ours left
                 # running, so that the row's version tells whether it was applied.
                 ended = str(getattr(getattr(error, "orig", None), "sqlstate", "")).startswith("57P")
-                if ended and self.load(key)[1] == version:
+                if ended and self._stored_version(key) == version:
                     return None  # not applied: `fire` goes on under a lock
                 raise StoreUnavailableError(
                     f"lost the connection to {safe_url(self.engine)} while writing; the "
@@ -319,9 +336,23 @@ class SqlStore(Statements):
                 return None  # `fire` tries again, under a lock, with retries
             with translate_errors(self.engine, "update a circuit"):
                 raise
+        if written is not None:
+            self.view.wrote(key, after, written)
+        return written
+
+    def _stored_version(self, key: str) -> int | None:
+        """The version of `key`'s row as read now, past the view (None: not stored)."""
+        row = with_retries(
+            self.engine,
+            "read a circuit",
+            self.timeout_s,
+            lambda: self._raw.load(self.namespace, key),
+        )
+        return None if row is None else self._raw.parse(row)[1]
 
     def close(self) -> None:
-        """Close the connections the hot-path reads opened themselves."""
+        """Close the connections the hot path opened itself, and stop the view's rule."""
+        self.view.close()
         self._raw.close()
 
     def fire(
@@ -345,6 +376,7 @@ class SqlStore(Statements):
         """
 
         def transaction() -> tuple[Decision, int | None]:
+            self.view.changing(key)  # (again on a retry: a rolled back write may have been seen)
             with write_transaction(self.engine) as connection:
                 steps = self.fire_steps(
                     key, trigger, clock, config, reason, actor, must_exist, hold, generation
@@ -357,7 +389,11 @@ class SqlStore(Statements):
                     result: tuple[Decision, int | None] = done.value
                     return result
 
-        return with_retries(self.engine, "update a circuit", self.timeout_s, transaction)
+        decision, version = with_retries(
+            self.engine, "update a circuit", self.timeout_s, transaction
+        )
+        self.view.wrote(key, decision.after if decision.needs_write else decision.before, version)
+        return decision, version
 
     def circuits(self) -> list[StoredCircuit]:
         """Every stored key of the namespace, ordered by key."""

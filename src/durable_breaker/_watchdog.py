@@ -36,6 +36,13 @@ class StallWatchdog:
         event.listen(engine, "checkin", self._checked_in)
 
     def _checked_out(self, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        self.watch(dbapi_connection)
+
+    def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
+        self.release(dbapi_connection)
+
+    def watch(self, dbapi_connection: Any) -> None:
+        """Shut the connection's socket down if it is not released within the bound."""
         now = time.monotonic()
         with self._lock:
             self._deadlines[id(dbapi_connection)] = (now + self._bound_s, dbapi_connection)
@@ -48,7 +55,8 @@ class StallWatchdog:
                     target=self._watch, name="durable-breaker watchdog", daemon=True
                 ).start()
 
-    def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
+    def release(self, dbapi_connection: Any) -> None:
+        """The connection is back: stop watching it."""
         with self._lock:
             self._deadlines.pop(id(dbapi_connection), None)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import pickle
 import typing
 import uuid
@@ -16,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from durable_breaker import (
+    AsyncCircuitBreaker,
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitOpenError,
@@ -24,8 +27,10 @@ from durable_breaker import (
     InvalidArgumentError,
     KeyStatus,
     StoreError,
+    StoreUnavailableError,
     Transition,
 )
+from durable_breaker._cli import run
 
 from .conftest import BreakerFactory
 
@@ -90,41 +95,158 @@ def test_an_sqlite_path_in_a_missing_folder_is_a_store_error(tmp_path: Path) -> 
         CircuitBreaker(f"sqlite:///{tmp_path}/no/such/folder/b.db")
 
 
-def _key_operations(breaker: CircuitBreaker) -> list[Callable[[str], object]]:
-    """Every public operation that takes a key."""
-    return [
-        breaker.check,
-        breaker.record_success,
-        breaker.record_failure,
-        breaker.is_available,
-        breaker.state,
-        breaker.history,
-        breaker.reset,
-    ]
+def _key_operations(breaker: CircuitBreaker) -> dict[str, Callable[[Any], object]]:
+    """Every public way a key reaches the sync breaker."""
+
+    def guarded(key: Any) -> None:
+        with breaker.guard(key):
+            pass
+
+    def guarded_async(key: Any) -> None:
+        async def call() -> None:
+            async with breaker.guard_async(key):
+                pass
+
+        asyncio.run(call())
+
+    def protected(key: Any) -> None:
+        breaker.protect(key=lambda: key)(lambda: None)()
+
+    def protected_async(key: Any) -> None:
+        async def call() -> None:
+            pass
+
+        asyncio.run(breaker.protect(key=lambda: key)(call)())
+
+    return {
+        "check": breaker.check,
+        "acquire": breaker.acquire,
+        "guard": guarded,
+        "guard_async": guarded_async,
+        "protect": protected,
+        "protect_async": protected_async,
+        "record_success": breaker.record_success,
+        "record_failure": breaker.record_failure,
+        "is_available": breaker.is_available,
+        "state": breaker.state,
+        "history": breaker.history,
+        "reset": breaker.reset,
+        "force_open": breaker.force_open,
+        "disable": breaker.disable,
+        "follow": lambda key: next(iter(breaker.follow(key))),
+    }
 
 
-@pytest.mark.parametrize(
-    ("key", "message"),
-    [
-        ("", "1 to 500 characters"),
-        ("x" * 501, "1 to 500 characters"),
-        ("a\x00b", "without NUL"),
-        ("\udc80", "valid text"),
-        (42, "must be a str"),
-    ],
-)
+BAD_KEYS = [
+    ("", "1 to 500 characters"),
+    ("x" * 501, "1 to 500 characters"),
+    ("a\x00b", "without NUL"),
+    ("\udc80", "valid text"),
+    (None, "key must be a str, got NoneType"),
+    (42, "key must be a str, got int"),
+    (b"gpt-4o", "key must be a str, got bytes"),
+    (("gpt-4o",), "key must be a str, got tuple"),
+]
+
+
+class NoIO:
+    """Stands in for a breaker's store: any use of it is a test failure."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("engine", "view", "namespace", "timeout_s"):
+            return getattr(self._real, name)
+        raise AssertionError(f"the store was used ({name}) before the key was checked")
+
+
+@pytest.mark.parametrize(("key", "message"), BAD_KEYS)
 def test_bad_keys_are_refused_before_touching_the_database(
-    make_breaker: BreakerFactory, key: Any, message: str
+    make_breaker: BreakerFactory, key: Any, message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     breaker = make_breaker()
+    breaker.check("known")  # a held key too: the hot path must not skip the check
     statements: list[str] = []
     sa.event.listen(
         breaker._store.engine, "before_cursor_execute", lambda *a: statements.append(a[2])
     )
-    for operation in _key_operations(breaker):
+    monkeypatch.setattr(breaker, "_store", NoIO(breaker._store))
+    for name, operation in _key_operations(breaker).items():
+        if key is None and name == "follow":
+            continue  # follow(None) follows every key
         with pytest.raises(InvalidArgumentError, match=message):
             operation(key)
     assert statements == []
+
+
+@pytest.mark.parametrize(("key", "message"), BAD_KEYS)
+def test_the_async_breaker_refuses_bad_keys_before_touching_the_database(
+    db_url: str, key: Any, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        async with AsyncCircuitBreaker(db_url) as breaker:
+            monkeypatch.setattr(breaker, "_store", NoIO(breaker._store))
+
+            async def guarded(key: Any) -> None:
+                async with breaker.guard(key):
+                    pass
+
+            async def protected(key: Any) -> None:
+                async def call() -> None:
+                    pass
+
+                await breaker.protect(key=lambda: key)(call)()
+
+            operations: list[Callable[[Any], Any]] = [
+                breaker.check,
+                breaker.acquire,
+                guarded,
+                protected,
+                breaker.record_success,
+                breaker.record_failure,
+                breaker.is_available,
+                breaker.state,
+                breaker.history,
+                breaker.reset,
+                breaker.force_open,
+                breaker.disable,
+            ]
+            for operation in operations:
+                with pytest.raises(InvalidArgumentError, match=message):
+                    await operation(key)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("mode", ["fallback", "allow", "deny", "raise"])
+def test_a_bad_key_is_refused_during_an_outage_too(
+    make_breaker: BreakerFactory, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(on_store_error=mode))  # type: ignore[arg-type]
+    breaker._outage.failed(StoreUnavailableError("simulated"))  # an outage has begun
+    for name, operation in _key_operations(breaker).items():
+        if name != "follow":
+            with pytest.raises(InvalidArgumentError, match="key must be a str"):
+                operation(None)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["reset", "", "--yes"],
+        ["open", "", "--yes"],
+        ["disable", "x" * 501, "--yes"],
+        ["history", "\udcff"],  # undecodable bytes in argv arrive as lone surrogates
+    ],
+)
+def test_the_cli_refuses_bad_keys_in_one_line(tmp_path: Path, argv: list[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    CircuitBreaker(url).close()
+    out, err = io.StringIO(), io.StringIO()
+    assert run(["--url", url, *argv], out, err) == 1
+    assert err.getvalue().startswith("durable-breaker: error: key must be")
+    assert err.getvalue().count("\n") == 1
 
 
 def test_the_longest_allowed_key_round_trips(make_breaker: BreakerFactory) -> None:
@@ -152,7 +274,7 @@ def test_bad_namespace_and_config_are_refused(db_url: str) -> None:
 def test_a_closed_breaker_says_so(make_breaker: BreakerFactory) -> None:
     breaker = make_breaker()
     breaker.close()
-    for operation in _key_operations(breaker):
+    for operation in _key_operations(breaker).values():
         with pytest.raises(DurableBreakerError, match="closed"):
             operation("k")
     with pytest.raises(DurableBreakerError, match="closed"):

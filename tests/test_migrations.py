@@ -83,6 +83,26 @@ def test_an_empty_database_is_migrated_on_first_use(db_url: str, engine: sa.Engi
         assert migrations.current_revision(connection) == migrations.head()
 
 
+def test_first_use_after_the_tables_were_dropped_by_hand_builds_the_schema_again(
+    db_url: str, engine: sa.Engine
+) -> None:
+    """On PostgreSQL, dropping the tables leaves the notification function behind."""
+    with CircuitBreaker(db_url, CircuitBreakerConfig(failure_threshold=1)) as breaker:
+        breaker.record_failure("gpt-4o")
+    with engine.begin() as connection:
+        for table in (*reversed(metadata.sorted_tables), sa.table(VERSION_TABLE)):
+            connection.execute(sa.text(f"DROP TABLE {table.name}"))
+        if engine.dialect.name == "postgresql":
+            left = "SELECT to_regprocedure('durable_breaker_notify()') IS NOT NULL"
+            assert connection.execute(sa.text(left)).scalar()
+    with CircuitBreaker(db_url, CircuitBreakerConfig(failure_threshold=1)) as breaker:
+        assert breaker.status() == []
+        breaker.record_failure("gpt-4o")
+        assert breaker.state("gpt-4o") is CircuitState.OPEN
+    with engine.connect() as connection:
+        assert migrations.current_revision(connection) == migrations.head()
+
+
 def test_migrate_false_refuses_an_empty_database_and_names_the_command(db_url: str) -> None:
     with pytest.raises(SchemaError, match=r"durable-breaker --url URL migrate"):
         CircuitBreaker(db_url, migrate=False)

@@ -2,6 +2,8 @@
 
 A trigger, so that every writer notifies, whatever its version or settings; NOTIFY is
 delivered when the writer's transaction commits. SQLite has no NOTIFY: nothing to do there.
+The function is created OR REPLACEd: dropping the tables by hand leaves it behind (it belongs
+to no table), and the next first use must still build the schema.
 
 Revision ID: 0002_change_notifications
 Revises: 0001_initial
@@ -25,7 +27,7 @@ def upgrade() -> None:
         return
     op.execute(
         f"""
-        CREATE FUNCTION durable_breaker_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        CREATE OR REPLACE FUNCTION durable_breaker_notify() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF TG_OP = 'DELETE' THEN
                 PERFORM pg_notify('{CHANNEL}', OLD.namespace || chr(31) || OLD.key);
@@ -45,5 +47,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute("DROP TRIGGER durable_breaker_notify ON durable_breaker_circuit")
-    op.execute("DROP FUNCTION durable_breaker_notify()")
+    op.execute("DROP TRIGGER IF EXISTS durable_breaker_notify ON durable_breaker_circuit")
+    op.execute("DROP FUNCTION IF EXISTS durable_breaker_notify()")

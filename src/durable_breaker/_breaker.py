@@ -504,13 +504,13 @@ class CircuitBreaker(BreakerBase):
 
         An Open key whose cooldown has passed stays OPEN here until a `check` moves it.
         """
-        store = self._open_store()
-        return store.read(self._key(key)).circuit.state
+        store, key = self._open_store(), self._key(key)
+        return store.read(key).circuit.state
 
     def history(self, key: str, limit: int | None = None) -> list[Transition]:
         """The last `limit` transitions of `key` (all by default), oldest first."""
-        store = self._open_store()
-        return store.history(self._key(key), check_limit(limit))
+        store, key = self._open_store(), self._key(key)
+        return store.history(key, check_limit(limit))
 
     def follow(
         self,

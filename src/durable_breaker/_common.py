@@ -160,8 +160,17 @@ class BreakerBase:
             ) from error
 
     def _hold_of(self, error: BaseException | None) -> Hold:
-        """How long a failure from `error` holds a trip open: its Retry-After, capped."""
-        wait = None if error is None else retry_after_of(error, self._now())
+        """How long a failure from `error` holds a trip open: its Retry-After, capped (none
+        when reading it fails: an odd error object must not keep its failure from counting)."""
+        if error is None:
+            return None
+        try:
+            wait = retry_after_of(error, self._now())
+        except InvalidArgumentError:
+            raise  # the clock's fault, not the error's
+        except Exception:
+            _log.exception("could not read a Retry-After from %r; none applied", error)
+            return None
         return capped(wait, self._config.max_retry_after)
 
     def _transition(

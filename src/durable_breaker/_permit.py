@@ -130,8 +130,11 @@ class Permit(_Settled):
         self._breaker._success(self.key, self.generation)
 
     def failed(self, reason: str | None = None, *, error: BaseException | None = None) -> None:
-        """The call failed; `error`'s Retry-After, if any, holds a trip open that long."""
+        """The call failed; `error`'s Retry-After, if any, holds a trip open that long.
+        Without a `reason`, the audit trail names `error` (see `reason_of`)."""
         self._settle(_FAILURE, reason)
+        if reason is None and error is not None:
+            reason = reason_of(error)
         self._breaker._report(self.key, _FAILURE, self.generation, reason, error)
 
     def abandoned(self) -> None:
@@ -181,7 +184,7 @@ class Guard(Permit):
         counts = _counts(error, self._is_failure)
         try:
             if counts:
-                self.failed(reason_of(error), error=error)
+                self.failed(error=error)
             else:
                 self.abandoned()
         except Exception as recording:
@@ -236,7 +239,11 @@ class AsyncPermit(_Settled):
     async def failed(
         self, reason: str | None = None, *, error: BaseException | None = None
     ) -> None:
-        """The call failed; `error`'s Retry-After, if any, holds a trip open that long."""
+        """The call failed; `error`'s Retry-After, if any, holds a trip open that long.
+        Without a `reason`, the audit trail names `error` (see `reason_of`)."""
+        check_reason(reason)
+        if reason is None and error is not None:
+            reason = reason_of(error)
         await self._reported(_FAILURE, reason, error)
 
     async def abandoned(self) -> None:
@@ -335,7 +342,7 @@ class AsyncGuard:
         counts = _counts(error, self._is_failure)
         try:
             if counts:
-                await permit.failed(reason_of(error), error=error)
+                await permit.failed(error=error)
             else:
                 await permit.abandoned()
         except Exception as recording:

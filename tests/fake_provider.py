@@ -1,0 +1,80 @@
+"""A fake LLM provider on 127.0.0.1: answers every request with the status, headers and body
+the test sets, the way the real providers send them, so that the real SDKs raise their real
+errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b"{}"
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+def json_body(payload: Any) -> bytes:
+    """JSON as a provider writes it: non-ASCII escaped, so that a lone surrogate or a NUL in a
+    message arrives as a \\uXXXX escape (the way a gateway's cut emoji reaches the SDKs)."""
+    return json.dumps(payload, ensure_ascii=True).encode("ascii")
+
+
+def openai_error(status: int, message: str, kind: str = "api_error") -> Reply:
+    return Reply(status, json_body({"error": {"message": message, "type": kind, "code": None}}))
+
+
+def anthropic_error(status: int, message: str, kind: str = "api_error") -> Reply:
+    return Reply(status, json_body({"type": "error", "error": {"type": kind, "message": message}}))
+
+
+class FakeProvider:
+    """`reply` is what every request gets; `requests` counts them."""
+
+    def __init__(self) -> None:
+        self.reply = Reply()
+        self.requests = 0
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                provider.requests += 1
+                reply = provider.reply
+                self.send_response(reply.status)
+                self.send_header("content-type", reply.content_type)
+                self.send_header("content-length", str(len(reply.body)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            do_GET = do_POST
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@contextmanager
+def fake_provider() -> Iterator[FakeProvider]:
+    provider = FakeProvider()
+    try:
+        yield provider
+    finally:
+        provider.close()

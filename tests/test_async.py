@@ -276,7 +276,7 @@ def test_a_permit_admitted_by_the_fallback_is_not_fenced_when_the_database_retur
         store = breaker._store
         real_read = store.read
 
-        def unreachable(key: str) -> Any:
+        def unreachable(key: str, proof: object = None) -> Any:
             raise StoreUnavailableError("simulated outage")
 
         monkeypatch.setattr(outage, "RECHECK_INTERVAL_S", 0.0)  # ask the database again at once

@@ -341,7 +341,7 @@ def test_an_unfenced_abandon_never_frees_a_probe_it_may_not_hold(
     monkeypatch.setattr(config_outage, "RECHECK_INTERVAL_S", 0.0)
     real_read = breaker._store.read
 
-    def unreachable(key: str) -> Any:
+    def unreachable(key: str, proof: object = None) -> Any:
         raise StoreUnavailableError("simulated outage")
 
     monkeypatch.setattr(breaker._store, "read", unreachable)

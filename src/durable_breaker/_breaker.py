@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, exc
 from sqlalchemy.engine import URL
 
 from ._common import (
@@ -126,20 +126,39 @@ class CircuitBreaker(BreakerBase):
     def _key(self, key: object) -> str:
         """`key`, refused unless valid (before any I/O); a held key was checked when first
         seen, so the hot path pays a lookup."""
-        if type(key) is str and self._view.held(key) is not None:
+        if type(key) is str and key in self._view.rows:
             return key
         return check_name("key", key, MAX_KEY_LENGTH)
 
-    def _read(self, key: str) -> Held | None:
+    def _proved(self, key: object) -> tuple[Held | None, object]:
+        """The hot path's one question: what the local view proves the database holds for
+        `key` now (None if it proves nothing), and the proof taken to tell; without a row
+        read, and without the general path's bookkeeping. (None, None) when the general path
+        must answer: a closed breaker, an outage, a key not held, a failure to ask (the
+        general path asks again, and handles what it says)."""
+        if type(key) is not str or self._closed or self._outage.down_since is not None:
+            return None, None
+        view = self._view
+        held = view.rows.get(key)
+        if held is None:
+            return None, None  # (nor is the key known to be valid yet: no I/O before that)
+        try:
+            proof = view.rule.proof()
+        except exc.SQLAlchemyError:
+            return None, None
+        return (held if held.mark == proof else None), proof
+
+    def _read(self, key: str, proof: object = None) -> Held | None:
         """What the database holds for `key` now: proved current by the local view, or read
         (and held). None while an outage skips the database (the caller decides without it);
-        an unavailable database starts an outage and raises."""
+        an unavailable database starts an outage and raises. `proof`: the view rule's, if
+        just taken."""
         store = self._open_store()
         key = self._key(key)
         if self._outage.skip_store():
             return None
         try:
-            held = store.read(key)
+            held = store.read(key, proof)
         except StoreUnavailableError as error:
             self._outage.failed(error)
             raise
@@ -288,8 +307,10 @@ class CircuitBreaker(BreakerBase):
     def _admit(self, key: str) -> int | None:
         """`check`; returns the generation of the circuit the call was admitted under
         (None: admitted without the database, by on_store_error "fallback" or "allow")."""
+        held, proof = self._proved(key)
         try:
-            held = self._read(key)
+            if held is None:
+                held = self._read(key, proof)
             if held is not None and held.admits:  # (a Closed circuit: nothing to decide)
                 return held.circuit.generation
             decision = self._fire(key, _CHECK, fall_back=False, held=held)
@@ -317,7 +338,9 @@ class CircuitBreaker(BreakerBase):
         abandons the permit without counting. The block's exception always propagates
         unchanged: an error recording its outcome is logged and added to it as a note.
         """
-        return Guard(self._key(key), self, self._config.is_failure)
+        if type(key) is not str or key not in self._view.rows:  # (`_key`, inline)
+            key = check_name("key", key, MAX_KEY_LENGTH)
+        return Guard(key, self, self._config.is_failure)
 
     def guard_async(self, key: str) -> AsyncGuard:
         """`async with breaker.guard_async(key):` — `guard` for coroutines; the database
@@ -413,8 +436,10 @@ class CircuitBreaker(BreakerBase):
         """A success, fenced by `generation` for a permit's. Decided on what the database
         holds now; on a clean circuit of the permit's generation nothing changes, so nothing
         is decided or written."""
+        held, proof = self._proved(key)
         try:
-            held = self._read(key)
+            if held is None:
+                held = self._read(key, proof)
             if (
                 held is not None
                 and held.quiet

@@ -27,23 +27,23 @@ class OutageTracker:
         self._database = database
         self._view = view
         self._lock = threading.Lock()
-        self._since: float | None = None  # time.monotonic() when the outage began
+        self.down_since: float | None = None  # time.monotonic() when the outage began
         self._next_try = 0.0
 
     def skip_store(self) -> bool:
         """Whether this call should not try the database (an outage, and not its turn)."""
-        if self._since is None:
+        if self.down_since is None:
             return False  # the healthy path reads no clock and takes no lock
         with self._lock:
             now = time.monotonic()
-            if self._since is None or now >= self._next_try:
+            if self.down_since is None or now >= self._next_try:
                 self._next_try = now + RECHECK_INTERVAL_S
                 return False
             return True
 
     def unavailable(self) -> StoreUnavailableError:
         """The error for a call that skipped the database during an outage."""
-        since = self._since
+        since = self.down_since
         lasted = 0.0 if since is None else time.monotonic() - since
         return StoreUnavailableError(
             f"{self._database} has been unavailable for {lasted:.1f} s; "
@@ -60,10 +60,10 @@ class OutageTracker:
             _log.info("on_store_error=%r for this call: %s", self._config.on_store_error, error)
             return
         with self._lock:
-            if self._since is not None:
+            if self.down_since is not None:
                 return
-            self._since = time.monotonic()
-            self._next_try = self._since + RECHECK_INTERVAL_S
+            self.down_since = time.monotonic()
+            self._next_try = self.down_since + RECHECK_INTERVAL_S
         _log.warning(
             "database unavailable, on_store_error=%r until it answers again: %s",
             self._config.on_store_error,
@@ -72,9 +72,9 @@ class OutageTracker:
 
     def answered(self) -> None:
         """The database answered: end any outage."""
-        if self._since is not None:
+        if self.down_since is not None:
             with self._lock:
-                since, self._since = self._since, None
+                since, self.down_since = self.down_since, None
             if since is not None:
                 _log.warning(
                     "database %s answers again after %.1f s; its state is authoritative again",

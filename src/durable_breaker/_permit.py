@@ -158,9 +158,9 @@ class Guard(Permit):
     __slots__ = ("_entered", "_is_failure")
 
     def __init__(self, key: str, breaker: Reporter, is_failure: IsFailure) -> None:
-        super().__init__(key, None, breaker)
-        self._is_failure = is_failure
-        self._entered = False
+        # Set here rather than through the parents' __init__: one guard is made per call.
+        self.key, self.generation, self._outcome = key, None, None
+        self._breaker, self._is_failure, self._entered = breaker, is_failure, False
 
     def __enter__(self) -> Guard:
         if self._entered:
@@ -172,15 +172,19 @@ class Guard(Permit):
     def __exit__(
         self, _type: type[BaseException] | None, error: BaseException | None, _tb: Any
     ) -> None:
-        if self._outcome is not None:
-            return  # settled inside the block
         if error is None:
+            with _SETTLING:
+                if self._outcome is not None:
+                    return  # settled inside the block
+                self._outcome = _SUCCESS
             try:
-                self.succeeded()
+                self._breaker._success(self.key, self.generation)
             except BaseException:
                 _quietly(self._give_back)  # the success was not recorded: free its probe
                 raise
             return
+        if self._outcome is not None:
+            return  # settled inside the block
         counts = _counts(error, self._is_failure)
         try:
             if counts:

@@ -251,30 +251,30 @@ class SqlStore(Statements):
         if isinstance(rule, Notifications):
             rule.view = self.view
 
-    def read(self, key: str) -> Held:
+    def read(self, key: str, proof: object = None) -> Held:
         """What the database holds for `key` now: what the view holds, if its rule proves it
-        current, else the committed row, read without locking (and held)."""
+        current, else the committed row, read without locking (and held). `proof`: the
+        rule's, if the caller has just taken it."""
         try:
-            return self._read(key)
+            return self._read(key, proof)
         except exc.SQLAlchemyError as error:
             if classify(error) is not Fault.TRANSIENT:
                 with translate_errors(self.engine, "read a circuit"):
                     raise
             # Retried from here, so that the healthy path costs no retry set-up.
             return with_retries(
-                self.engine, "read a circuit", self.timeout_s, lambda: self._read(key)
+                self.engine, "read a circuit", self.timeout_s, lambda: self._read(key, None)
             )
 
-    def _read(self, key: str) -> Held:
+    def _read(self, key: str, proof: object) -> Held:
         view = self.view
-        rule = view.rule
-        proof = rule.proof()
-        held = view.current(key, proof)
-        if held is not None:
+        if proof is None:
+            proof = view.rule.proof()
+        held = view.rows.get(key)
+        if held is not None and held.mark == proof:
             return held
-        before = rule.before_read(proof)
-        raw = self._raw
-        return view.read(key, raw.load(self.namespace, key), before, raw.parse)
+        before = view.rule.before_read(proof)
+        return view.read(key, self._raw.load(self.namespace, key), before, self._raw.parse)
 
     def write(
         self,

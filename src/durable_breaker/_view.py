@@ -26,7 +26,7 @@ proof:
 A row this process writes is held unmarked (its own commit cannot be told from another's),
 and so is a circuit decided in process while the database is unavailable: `last` gives the
 fallback the last circuit this process read, wrote or decided for a key, current or not.
-At most ``cached_keys`` keys are held; the least recently read or written goes first.
+At most ``cached_keys`` keys are held; the one held longest without a change goes first.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
-from . import _engine
 from ._machine import Trigger, unchanged_by
 from ._state import NEW_CIRCUIT, Circuit
 
@@ -123,27 +123,32 @@ class LocalView:
     def __init__(self, rule: Rule, size: int) -> None:
         self.rule = rule
         self._size = size
-        self._held: dict[str, Held] = {}  # in order of reading: the oldest goes first
+        # Read-only outside this class (the hot path looks rows up directly), in the order
+        # they were held: the oldest goes first.
+        self.rows: dict[str, Held] = {}
         self._lock = threading.Lock()  # for changes; lookups need none
 
     def current(self, key: str, proof: object) -> Held | None:
         """What is held of `key`, if `proof` (just taken) shows it is still stored."""
-        held = self._held.get(key)
+        held = self.rows.get(key)
         return held if held is not None and held.mark == proof else None
 
     def held(self, key: str) -> Held | None:
         """What is held of `key`, current or not."""
-        return self._held.get(key)
+        return self.rows.get(key)
 
     def last(self, key: str) -> Circuit:
         """The last circuit this process saw or decided for `key` (a new one if none)."""
-        held = self._held.get(key)
+        held = self.rows.get(key)
         return NEW_CIRCUIT if held is None else held.circuit
 
     def read(self, key: str, row: tuple[Any, ...] | None, before: object, parse: Parse) -> Held:
         """Hold `row`, just read for `key` (None: not stored), marked as the rule says."""
-        known = self._held.get(key)
-        if known is None or known.row != row:  # (the same row again needs no parsing)
+        known = self.rows.get(key)
+        if known is not None and known.row == row:
+            if known.mark is None and before is None:
+                return known  # the same row, as unproved as before: nothing to change
+        else:
             circuit, version = (NEW_CIRCUIT, None) if row is None else parse(row)
             known = Held(circuit, version, row)
         with self._lock:  # marked and kept at once: an `unmark` lands before or after both
@@ -164,7 +169,7 @@ class LocalView:
 
     def remember(self, key: str, circuit: Circuit) -> None:
         """Hold a circuit decided without the database (unproved; the database wins later)."""
-        known = self._held.get(key)
+        known = self.rows.get(key)
         held = Held(circuit, None if known is None else known.version, _UNREAD)
         with self._lock:
             self._keep(key, held)
@@ -173,27 +178,27 @@ class LocalView:
         """What is held of `key` is no longer proved current."""
         with self._lock:
             self.rule.changing()
-            known = self._held.get(key)
+            known = self.rows.get(key)
             if known is not None and known.mark is not None:
-                self._held[key] = known.marked(None)
+                self.rows[key] = known.marked(None)
 
     def unmark_all(self) -> None:
         """Nothing held is proved current any more."""
         with self._lock:
             self.rule.changing()
-            for key, known in self._held.items():
+            for key, known in self.rows.items():
                 if known.mark is not None:
-                    self._held[key] = known.marked(None)
+                    self.rows[key] = known.marked(None)
 
     def _keep(self, key: str, held: Held) -> None:
         # Under the lock. Moved to the end: the oldest read goes first.
-        self._held.pop(key, None)
-        self._held[key] = held
-        if len(self._held) > self._size:
-            del self._held[next(iter(self._held))]
+        self.rows.pop(key, None)
+        self.rows[key] = held
+        if len(self.rows) > self._size:
+            del self.rows[next(iter(self.rows))]
 
     def __len__(self) -> int:
-        return len(self._held)
+        return len(self.rows)
 
     def close(self) -> None:
         self.rule.close()
@@ -217,11 +222,15 @@ class DataVersion:
         self._connect = connect
         self._wrap = wrap  # a driver error as SQLAlchemy would raise it
         self._lock = threading.Lock()  # one connection, asked from every thread
-        self._cursor: sqlite3.Cursor | None = None
-        self._forks = -1
+        self._cursor: sqlite3.Cursor | None = None  # opened on first use (again in a child)
         self._last: object = NO_PROOF
         self._stale = 0
         self._skips = 0
+        _RULES.add(self)
+
+    def forked(self) -> None:
+        self._lock = threading.Lock()
+        self._cursor, self._last = None, NO_PROOF  # (the parent's connection stays unused)
 
     def proof(self) -> object:
         with self._lock:
@@ -230,8 +239,8 @@ class DataVersion:
                 return NO_PROOF
             cursor = self._cursor
             try:
-                if cursor is None or self._forks != _engine.forks:  # new, or a forked child's
-                    cursor = self._open()
+                if cursor is None:
+                    cursor = self._cursor = self._connect().cursor()
                 number = cursor.execute("PRAGMA data_version").fetchone()[0]
             except sqlite3.Error as error:
                 raise self._wrap("PRAGMA data_version", error) from error
@@ -243,11 +252,6 @@ class DataVersion:
                 if self._stale == _STALE_PROOFS:
                     self._stale, self._skips = 0, _SKIPPED_PROOFS
             return number
-
-    def _open(self) -> sqlite3.Cursor:
-        self._cursor = self._connect().cursor()
-        self._forks = _engine.forks
-        return self._cursor
 
     def before_read(self, proof: object) -> object:
         return proof  # asked just before the read: the read sees at least what it counted
@@ -265,6 +269,7 @@ class DataVersion:
                 self._cursor = None
 
 
+_RULES: weakref.WeakSet[DataVersion | Notifications] = weakref.WeakSet()
 _RECONNECT_S = 1.0
 _HEARTBEAT_S = 1.0
 
@@ -297,12 +302,15 @@ class Notifications:
                 "autocommit": True,
             },
         )
-        self._forks = _engine.forks  # a forked child has no listener: nothing is current there
+        _RULES.add(self)  # a forked child has no listener: nothing is current there
         self._beat = f"\x1e{id(self)}-{os.getpid()}"  # cannot be a namespace (no US in it)
         self._heard_until = 0.0  # monotonic time until which the listener is known alive
         self._next_beat = 0.0
         thread = threading.Thread(target=self._listen, name="durable-breaker cache", daemon=True)
         thread.start()
+
+    def forked(self) -> None:
+        self._epoch, self._heard_until = NO_PROOF, 0.0  # (its thread stayed in the parent)
 
     @property
     def listening(self) -> bool:
@@ -310,8 +318,8 @@ class Notifications:
         return self.proof() is not NO_PROOF
 
     def proof(self) -> object:
-        if self._forks != _engine.forks or time.monotonic() > self._heard_until:
-            return NO_PROOF  # a forked child, or the listener went quiet: trust nothing
+        if time.monotonic() > self._heard_until:
+            return NO_PROOF  # the listener went quiet: trust nothing
         return self._epoch
 
     def before_read(self, proof: object) -> object:
@@ -378,6 +386,17 @@ class Notifications:
         # network, a pooler that drops notifications), `proof` stops proving anything.
         connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._beat))
         self._next_beat = time.monotonic() + _HEARTBEAT_S
+
+
+def _forked() -> None:
+    """In a forked child: what the parent held proves nothing here, and the parent's
+    connections and threads are not the child's."""
+    for rule in list(_RULES):
+        rule.forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def _has_trigger(connection: Any) -> bool:

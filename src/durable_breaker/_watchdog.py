@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -20,16 +21,23 @@ from sqlalchemy import Engine, event
 _IDLE_EXIT_S = 10.0  # an idle (or disposed) engine's thread ends after this long
 
 
+_WATCHDOGS: weakref.WeakSet[StallWatchdog] = weakref.WeakSet()
+
+
 class StallWatchdog:
-    """Watches one engine's checked-out connections; see the module docstring."""
+    """Watches one engine's checked-out connections; see the module docstring.
+
+    `watch` and `release` take no lock (they run around every statement of the hot path):
+    a dict's item set and pop are atomic, and the watching thread copies the dict in one
+    step before looking at it.
+    """
 
     def __init__(self, bound_s: float) -> None:
         self._bound_s = bound_s
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # starting the thread
         self._deadlines: dict[int, tuple[float, Any]] = {}  # id(connection) -> (deadline, conn)
         self._watching = False
-        self._pid = os.getpid()
-        self._last_checkout = 0.0
+        _WATCHDOGS.add(self)
 
     def install(self, engine: Engine) -> None:
         event.listen(engine, "checkout", self._checked_out)
@@ -43,35 +51,55 @@ class StallWatchdog:
 
     def watch(self, dbapi_connection: Any) -> None:
         """Shut the connection's socket down if it is not released within the bound."""
-        now = time.monotonic()
-        with self._lock:
-            self._deadlines[id(dbapi_connection)] = (now + self._bound_s, dbapi_connection)
-            self._last_checkout = now
-            if self._pid != os.getpid():  # a forked child: the parent's thread is not here
-                self._pid, self._watching = os.getpid(), False
-            if not self._watching:
-                self._watching = True
-                threading.Thread(
-                    target=self._watch, name="durable-breaker watchdog", daemon=True
-                ).start()
+        self._deadlines[id(dbapi_connection)] = (
+            time.monotonic() + self._bound_s,
+            dbapi_connection,
+        )
+        if not self._watching:
+            with self._lock:
+                if not self._watching:
+                    self._watching = True
+                    threading.Thread(
+                        target=self._watch, name="durable-breaker watchdog", daemon=True
+                    ).start()
 
     def release(self, dbapi_connection: Any) -> None:
         """The connection is back: stop watching it."""
-        with self._lock:
-            self._deadlines.pop(id(dbapi_connection), None)
+        self._deadlines.pop(id(dbapi_connection), None)
 
     def _watch(self) -> None:
         interval = min(0.5, self._bound_s / 4)
+        idle_since = time.monotonic()
         while True:
             time.sleep(interval)
             now = time.monotonic()
-            with self._lock:
-                stalled = [conn for deadline, conn in self._deadlines.values() if now > deadline]
-                if not self._deadlines and now - self._last_checkout > _IDLE_EXIT_S:
-                    self._watching = False  # the next checkout starts a new thread
+            watched = list(self._deadlines.values())  # one step: no lock needed
+            if watched:
+                idle_since = now
+            elif now - idle_since > _IDLE_EXIT_S:
+                with self._lock:
+                    self._watching = False  # the next watch starts a new thread
+                if not self._deadlines:
                     return
-            for dbapi_connection in stalled:
-                _shut_down(dbapi_connection)
+                with self._lock:  # watched again meanwhile: carry on
+                    self._watching = True
+            for deadline, dbapi_connection in watched:
+                if now > deadline:
+                    _shut_down(dbapi_connection)
+
+    def _forked(self) -> None:
+        # A forked child inherits the flag but not the thread, nor anything to watch.
+        self._deadlines, self._watching = {}, False
+        self._lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    for watchdog in list(_WATCHDOGS):
+        watchdog._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _shut_down(dbapi_connection: Any) -> None:

@@ -5,7 +5,7 @@ every variant once, in turn), so ratios hold on a noisy machine. Reports medians
 in microseconds per call and the ratios the targets are stated in. Usage, from the repository
 root (needs `pip install '.[bench]'`):
 
-    python benchmarks/run.py [--postgres URL] [--json FILE] [--chart FILE] [--repeat 11]
+    python benchmarks/run.py [--postgres URL] [--json FILE] [--chart FILE] [--repeat 11] [--profile]
 """
 
 from __future__ import annotations
@@ -143,9 +143,9 @@ class Backend:
     def __init__(self, name: str, url: str, raw: Any, placeholder: str) -> None:
         self.name, self.url, self.raw = name, url, raw
         p = placeholder
-        self.read_sql = (
+        self.read_sql = (  # the very statement the breaker reads a circuit with
             "SELECT state, consecutive_failures, half_open_probes, last_failure_at, "
-            f"half_open_since, version FROM durable_breaker_circuit "
+            "half_open_since, open_until, generation, version FROM durable_breaker_circuit "
             f"WHERE namespace = {p} AND key = {p}"
         )
         self.update_sql = (
@@ -167,7 +167,11 @@ class Backend:
         return self.raw.execute(sql, params, prepare=True)
 
     def raw_read(self, key: str) -> Callable[[], object]:
-        return lambda: self.execute(self.read_sql, ("default", key)).fetchone()
+        """The floor of one read: the breaker's statement, prepared, on a cursor kept open."""
+        cursor = self.raw.cursor()
+        if self.name == "SQLite":
+            return lambda: cursor.execute(self.read_sql, ("default", key)).fetchone()
+        return lambda: cursor.execute(self.read_sql, ("default", key), prepare=True).fetchone()
 
     def raw_update(self, key: str) -> Callable[[], object]:
         def update() -> None:
@@ -216,6 +220,26 @@ def _now_param(backend: Backend) -> Any:
     return now.replace(tzinfo=None).isoformat(" ") if backend.name == "SQLite" else now
 
 
+def guarded_by(breaker: CircuitBreaker) -> Callable[[], object]:
+    """The main path: one guarded call on the healthy key."""
+
+    def call() -> None:
+        with breaker.guard("healthy"):
+            pass
+
+    return call
+
+
+def paired(breaker: CircuitBreaker) -> Callable[[], object]:
+    """The same with the two plain calls."""
+
+    def call() -> None:
+        breaker.check("healthy")
+        breaker.record_success("healthy")
+
+    return call
+
+
 def store_key(url: str, key: str) -> None:
     """Store `key` as a healthy circuit (a failure, then a success)."""
     with CircuitBreaker(url, HEALTHY) as breaker:
@@ -223,7 +247,9 @@ def store_key(url: str, key: str) -> None:
         breaker.record_success(key)
 
 
-def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None:
+def bench_backend(
+    backend: Backend, redis: Any, repeat: int, calls: int, profile: bool = False
+) -> None:
     url, name = backend.url, backend.name
     store_key(url, "healthy")
     ours = CircuitBreaker(url, HEALTHY)
@@ -237,30 +263,29 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
     flapping.record_failure("probe")
     mem, mem_open = pybreaker_memory(False), pybreaker_memory(True)
     peers: Case = {"pybreaker (memory)": lambda: mem.call(lambda: None)}
-    ours_cases: Case = {}
+    ours_cases: Case = {"guard()": guarded_by(ours), "check + record_success": paired(ours)}
     cached = None
     if name == "PostgreSQL":
         cached = CircuitBreaker(url, HEALTHY, cache=True)
         wait_until(lambda: listener(cached).listening)
-
-        def guarded_cached() -> None:
-            cached.check("healthy")
-            cached.record_success("healthy")
-
-        ours_cases["durable-breaker (cache)"] = guarded_cached
+        ours_cases["guard(), cache=True"] = guarded_by(cached)
+        ours_cases["check + record_success, cache=True"] = paired(cached)
     open_peers: Case = {"pybreaker (memory)": rejected(lambda: mem_open.call(lambda: None))}
     if redis is not None:
         red, red_open = pybreaker_redis(redis, False), pybreaker_redis(redis, True)
         peers["pybreaker (Redis)"] = lambda: red.call(lambda: None)
         open_peers["pybreaker (Redis)"] = rejected(lambda: red_open.call(lambda: None))
-
-    def guarded() -> None:
+    baselines = {"raw driver read": backend.raw_read("healthy")}
+    if name == "PostgreSQL":
+        # The same prepared read on the breaker's own connection. Each PostgreSQL connection
+        # is served by a backend process of its own, and on this 2-core machine where that
+        # process runs makes one connection's round trip up to twice another's, steadily:
+        # against a read on another connection that difference, not the breaker, is measured.
         ours.check("healthy")
-        ours.record_success("healthy")
-
-    def guarded_block() -> None:
-        with ours.guard("healthy"):  # a permit's success reads, to tell a late result
-            pass
+        own = ours._store._raw._idle[-1].connection.cursor()  # type: ignore[union-attr]
+        baselines["raw read, the breaker's connection"] = lambda: own.execute(
+            backend.read_sql, ("default", "healthy"), prepare=True
+        ).fetchone()
 
     def probe_and_reopen() -> None:
         flapping.check("probe")  # Open -> HalfOpen: the probe is admitted
@@ -279,27 +304,26 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
     RESULTS.setdefault("targets", {})[name] = targets = {}
     m = run_case(
         f"{name} 1. guarded call on a healthy key",
-        {
-            "durable-breaker": guarded,
-            "durable-breaker guard()": guarded_block,
-            **ours_cases,
-            **peers,
-            "raw driver read": backend.raw_read("healthy"),
-        },
+        {**ours_cases, **peers, **baselines},
         repeat,
         calls,
-        ("pybreaker (memory)", "pybreaker (Redis)", "raw driver read"),
+        ("pybreaker (memory)", "pybreaker (Redis)", *baselines),
     )
-    targets["guarded / pybreaker memory"] = m["durable-breaker"] / m["pybreaker (memory)"]
-    targets["guarded / raw read"] = m["durable-breaker"] / m["raw driver read"]
-    targets["guard() / check+record_success"] = m["durable-breaker guard()"] / m["durable-breaker"]
-    if "pybreaker (Redis)" in m:
-        targets["pybreaker Redis / guarded"] = m["pybreaker (Redis)"] / m["durable-breaker"]
-    if "durable-breaker (cache)" in m:
-        cache_us = m["durable-breaker (cache)"]
-        targets["cached / pybreaker memory"] = cache_us / m["pybreaker (memory)"]
+    for label in ("guard()", "check + record_success"):
+        targets[f"{label} / pybreaker memory"] = m[label] / m["pybreaker (memory)"]
+        for baseline in baselines:
+            targets[f"{label} / {baseline}"] = m[label] / m[baseline]
         if "pybreaker (Redis)" in m:
-            targets["pybreaker Redis / cached"] = m["pybreaker (Redis)"] / cache_us
+            targets[f"pybreaker Redis / {label}"] = m["pybreaker (Redis)"] / m[label]
+        cached_label = f"{label}, cache=True"
+        if cached_label in m:
+            targets[f"{cached_label} / pybreaker memory"] = (
+                m[cached_label] / m["pybreaker (memory)"]
+            )
+            if "pybreaker (Redis)" in m:
+                targets[f"pybreaker Redis / {cached_label}"] = (
+                    m["pybreaker (Redis)"] / m[cached_label]
+                )
     run_case(
         f"{name} 2. rejected call on an Open key",
         {
@@ -352,12 +376,42 @@ def bench_backend(backend: Backend, redis: Any, repeat: int, calls: int) -> None
         write_calls,
         ("raw: lock, update, audit, commit",),
     )
+    if profile:
+        profile_guard(name, ours, calls)
+        if cached is not None:
+            profile_guard(f"{name}, cache=True", cached, calls)
     for breaker in (ours, tripped, flapping, *([cached] if cached else [])):
         breaker.close()
     if name == "PostgreSQL":
         invalidation_latency(url)
     scale(backend, repeat, calls)
     contention(backend)
+
+
+# --- what a guarded call spends its time on --------------------------------------------------
+
+
+def profile_guard(name: str, breaker: CircuitBreaker, calls: int, top: int = 12) -> None:
+    """cProfile over `calls` guarded calls on the healthy key: where what remains goes."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        with breaker.guard("healthy"):
+            pass
+    profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text).sort_stats("tottime")
+    stats.print_stats(top)
+    lines = [line for line in text.getvalue().splitlines() if line.strip()]
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+    table = [line.replace(str(Path.cwd()) + "/", "") for line in lines[start:]]
+    print(f"\n{name}: profile of {calls} guard() calls (cProfile, internal time, top {top})")
+    print("\n".join(table))
+    RESULTS.setdefault("profiles", {})[name] = table
 
 
 # --- the read cache's staleness ------------------------------------------------------------
@@ -462,9 +516,8 @@ def scale(backend: Backend, repeat: int, calls: int) -> None:
         breaker, rng = breakers[count], random.Random(count)
 
         def call() -> None:
-            key = f"model-{rng.randrange(count)}"
-            breaker.check(key)
-            breaker.record_success(key)
+            with breaker.guard(f"model-{rng.randrange(count)}"):
+                pass
 
         return call
 
@@ -608,6 +661,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="per repetition (reads)")
     parser.add_argument("--json", metavar="FILE", help="write every sample here")
     parser.add_argument("--chart", metavar="FILE", help="draw case 1 as a PNG (matplotlib)")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile guard() on each backend"
+    )
     args = parser.parse_args()
     redis = redis_client()
     RESULTS["environment"] = environment(redis)
@@ -615,14 +671,14 @@ def main() -> None:
     if redis is None:
         print("pybreaker on Redis: no local redis-server could be reached or started; skipped")
     with sqlite_backend() as backend:
-        bench_backend(backend, redis, args.repeat, args.calls)
+        bench_backend(backend, redis, args.repeat, args.calls, args.profile)
     if args.postgres:
         with postgres_backend(args.postgres) as backend:
-            bench_backend(backend, redis, args.repeat, args.calls // 5)
+            bench_backend(backend, redis, args.repeat, args.calls // 5, args.profile)
     print("\nTargets (ratios of medians in this run):")
     for name, targets in RESULTS["targets"].items():
         for label, ratio in targets.items():
-            print(f"  {name:<10} {label:<28} {ratio:8.2f}")
+            print(f"  {name:<10} {label:<58} {ratio:8.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(RESULTS, indent=2))
     if args.chart:
@@ -655,7 +711,7 @@ def draw_chart(path: str) -> None:
     axes.set_xticks(ticks, [textwrap.fill(label, 16) for label in labels], fontsize=8)
     axes.legend()
     env = RESULTS["environment"]
-    axes.set_title("Guarded call on a healthy key: check + record_success", fontsize=11)
+    axes.set_title("Guarded call on a healthy key", fontsize=11)
     figure.text(0.01, 0.01, "; ".join(f"{k} {v}" for k, v in env.items()), fontsize=6)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     figure.savefig(path, dpi=120)

@@ -136,9 +136,14 @@ class CircuitBreaker(BreakerBase):
         read, and without the general path's bookkeeping. (None, None) when the general path
         must answer: a closed breaker, an outage, a key not held, a failure to ask (the
         general path asks again, and handles what it says)."""
-        if type(key) is not str or self._closed or self._outage.down_since is not None:
-            return None, None
         view = self._view
+        if (
+            not view.rule.proves
+            or type(key) is not str
+            or self._closed
+            or self._outage.down_since is not None
+        ):
+            return None, None
         held = view.rows.get(key)
         if held is None:
             return None, None  # (nor is the key known to be valid yet: no I/O before that)
@@ -153,16 +158,20 @@ class CircuitBreaker(BreakerBase):
         (and held). None while an outage skips the database (the caller decides without it);
         an unavailable database starts an outage and raises. `proof`: the view rule's, if
         just taken."""
-        store = self._open_store()
-        key = self._key(key)
-        if self._outage.skip_store():
+        if self._closed:
+            self._open_store()  # says so
+        if type(key) is not str or key not in self._view.rows:  # (`_key`, inline)
+            key = check_name("key", key, MAX_KEY_LENGTH)
+        outage = self._outage
+        if outage.down_since is not None and outage.skip_store():
             return None
         try:
-            held = store.read(key, proof)
+            held = self._store.read(key, proof)
         except StoreUnavailableError as error:
-            self._outage.failed(error)
+            outage.failed(error)
             raise
-        self._outage.answered()
+        if outage.down_since is not None:
+            outage.answered()
         return held
 
     def _fire(

@@ -271,10 +271,10 @@ class SqliteRaw:
 
 class PostgresRaw:
     """Statements through autocommit psycopg connections of its own, kept idle between uses
-    (a stack: taking one back and giving it back cost no pool checkout, no events, no switch
-    to autocommit and back). At most the engine pool's size are kept idle; more are opened
-    while more threads read at once, and closed when given back. Each use is watched by the
-    engine's stall watchdog, as a pooled connection would be."""
+    with a cursor each (a stack: taking one and giving it back cost no pool checkout, no
+    events, no switch to autocommit and back, no new cursor). At most the engine pool's size
+    are kept idle; more are opened while more threads read at once, and closed when given
+    back. Each use is watched by the engine's stall watchdog, as a pooled connection is."""
 
     parse = staticmethod(_parser(_postgres_time))
 
@@ -284,7 +284,7 @@ class PostgresRaw:
         self._watchdog = _engine.watchdog(engine)
         self._bounds = write_bounds(engine)
         self._error: Any = engine.dialect.loaded_dbapi.Error
-        self._idle: list[Any] = []
+        self._idle: list[Any] = []  # cursors, each on a connection of its own
         self._keep_idle = max(1, engine.pool.size())  # type: ignore[attr-defined]
         self._forks = _engine.forks
         self._sql = (
@@ -326,24 +326,25 @@ class PostgresRaw:
         timeouts cover every lock the statement waits for (the table's too) and end with it.
         Still one round trip, and no BEGIN or COMMIT.
         """
-        connection = self._take(alive=write)
+        cursor = self._take(alive=write)
+        connection = cursor.connection
         watchdog = self._watchdog
         if watchdog is not None:
             watchdog.watch(connection)
         try:
             if bounds is None:
-                row = connection.execute(sql, params).fetchone()
+                row = cursor.execute(sql, params).fetchone()
             else:
                 with connection.pipeline():
                     connection.execute(bounds)
-                    cursor = connection.execute(sql, params)
+                    cursor.execute(sql, params)
                 row = cursor.fetchone()
         except self._error as error:
             lost = self._engine.dialect.is_disconnect(error, connection, None)
             if lost or connection.info.transaction_status != _IDLE:
                 connection.close()  # broken, or left mid-transaction: not to be used again
             else:
-                self._give_back(connection)
+                self._give_back(cursor)
             raise wrapped(self._engine, sql, error, invalidated=lost) from error
         except BaseException:  # interrupted mid-statement: the connection is suspect
             connection.close()
@@ -351,46 +352,46 @@ class PostgresRaw:
         finally:
             if watchdog is not None:
                 watchdog.release(connection)
-        self._give_back(connection)
+        self._give_back(cursor)
         return row
 
     def _take(self, *, alive: bool) -> Any:
-        """An idle connection, or a new one. For a write (`alive`), one the server has not
-        already closed: a server that restarted, or ended an idle session, has sent its
-        goodbye (or EOF) before our next statement, and pending input on an idle connection
-        shows it without a round trip; so no write is ever sent on it, and none becomes
-        ambiguous that way. A read on one fails, and is retried, harmlessly."""
+        """An idle connection's cursor, or a new one's. For a write (`alive`), one the server
+        has not already closed: a server that restarted, or ended an idle session, has sent
+        its goodbye (or EOF) before our next statement, and pending input on an idle
+        connection shows it without a round trip; so no write is ever sent on it, and none
+        becomes ambiguous that way. A read on one fails, and is retried, harmlessly."""
         if self._forks != _engine.forks:  # a forked child: the parent's connections are its own
             self._idle, self._forks = [], _engine.forks
         for _ in range(_CHECKOUT_TRIES):
             try:
-                connection = self._idle.pop()
+                cursor = self._idle.pop()
             except IndexError:
                 break
             if not alive:
-                return connection
+                return cursor
             try:
-                readable, _, _ = io_select.select([connection.fileno()], [], [], 0)
+                readable, _, _ = io_select.select([cursor.connection.fileno()], [], [], 0)
             except (OSError, ValueError, self._error):
                 readable = [True]
             if not readable:
-                return connection
-            connection.close()
+                return cursor
+            cursor.connection.close()
         try:
-            return self._connect()
+            return self._connect().cursor()
         except self._error as error:
             raise wrapped(self._engine, "connect", error) from error
 
-    def _give_back(self, connection: Any) -> None:
+    def _give_back(self, cursor: Any) -> None:
         if len(self._idle) < self._keep_idle and self._forks == _engine.forks:
-            self._idle.append(connection)
+            self._idle.append(cursor)
         else:
-            connection.close()
+            cursor.connection.close()
 
     def close(self) -> None:
         idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
+        for cursor in idle:
+            cursor.connection.close()
 
 
 class ThroughSqlAlchemy:

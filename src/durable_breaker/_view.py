@@ -82,6 +82,8 @@ class Held:
 class Rule(Protocol):
     """How one backend proves a held row current (see the module docstring)."""
 
+    proves: bool  # whether any held row can ever be proved current
+
     def proof(self) -> object:
         """What a current row's mark equals now (NO_PROOF: none is current)."""
 
@@ -100,6 +102,8 @@ class Rule(Protocol):
 
 class NoProof:
     """Nothing held is ever current: every question reads the row."""
+
+    proves = False
 
     def proof(self) -> object:
         return NO_PROOF
@@ -218,6 +222,8 @@ class DataVersion:
     would rarely hold, and a row read costs little more than the pragma.
     """
 
+    proves = True
+
     def __init__(self, connect: Callable[[], sqlite3.Connection], wrap: Callable[..., Any]) -> None:
         self._connect = connect
         self._wrap = wrap  # a driver error as SQLAlchemy would raise it
@@ -283,6 +289,8 @@ class Notifications:
     connects or loses its connection the epoch changes, so nothing marked before counts;
     until it listens again nothing is current and every question reads the row.
     """
+
+    proves = True
 
     def __init__(self, engine: Engine, namespace: str, timeout_s: float) -> None:
         self.view: LocalView | None = None  # whose rows a notification unmarks; set once built

@@ -3,6 +3,7 @@ answers from memory, what it never does, and how it learns of changes made elsew
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -210,3 +211,54 @@ def test_a_guarded_call_on_a_cached_healthy_key_runs_no_statement_and_a_late_one
     slow.succeeded()  # admitted before the trip: read, found late, audited, not applied
     assert "READ" in operations
     assert breaker.state("k") is CircuitState.OPEN
+
+
+def test_a_read_in_flight_never_hides_this_processes_own_write(
+    pg_url: str, clock: FakeClock
+) -> None:
+    """Thread A reads the row while thread B's trip is being written; B's notification is
+    slow. A's older row must not be held as current over B's own write."""
+    with CircuitBreaker(pg_url, CONFIG, clock=clock, cache=True) as breaker:
+        breaker.disable("k")
+        breaker.reset("k")  # a Closed row
+        rule = listener(breaker)
+        assert eventually(lambda: rule.listening)
+        view, raw = breaker._store.view, breaker._store._raw
+
+        class SlowNotifications:  # the trip's own notification arrives late
+            def unmark(self, key: str) -> None:
+                time.sleep(0.5)
+                view.unmark(key)
+
+            def unmark_all(self) -> None:
+                view.unmark_all()
+
+        rule.view = SlowNotifications()  # type: ignore[assignment]
+        writing, read, written = threading.Event(), threading.Event(), threading.Event()
+        real_write, real_load = raw.write, raw.load
+
+        def write(change: Any) -> Any:  # B: after announcing the write, before sending it
+            writing.set()
+            read.wait(5)
+            return real_write(change)
+
+        def load(namespace: str, key: str) -> Any:  # A: the row before the trip...
+            row = real_load(namespace, key)
+            read.set()
+            written.wait(5)  # ...held only after the trip was stored
+            return row
+
+        def reader() -> None:
+            writing.wait(5)
+            breaker.state("k")
+
+        raw.write = write  # type: ignore[method-assign]
+        raw.load = load  # type: ignore[method-assign]
+        thread = threading.Thread(target=reader)
+        thread.start()
+        breaker.record_failure("k")  # B trips it (threshold 1)
+        written.set()
+        thread.join()
+        raw.write, raw.load = real_write, real_load  # type: ignore[method-assign]
+        with pytest.raises(CircuitOpenError):
+            breaker.check("k")

@@ -25,6 +25,7 @@ from durable_breaker import (
     StoreUnavailableError,
 )
 from durable_breaker._machine import Trigger
+from durable_breaker._permit import AsyncGuard, AsyncPermit
 
 from .conftest import FakeClock
 from .fake_provider import FakeProvider, Reply, fake_provider, openai_error
@@ -343,3 +344,36 @@ def test_the_logger_names_the_key_and_the_store_error(
         with pytest.raises(TimeoutError), breaker.guard("gpt-4o"):
             raise TimeoutError("slow")
         assert "'gpt-4o'" in caplog.text and "disk on fire" in caplog.text
+
+
+@pytest.mark.parametrize("block_fails", [False, True])
+def test_an_async_guard_cancelled_while_its_outcome_fails_gives_the_probe_back(
+    block_fails: bool,
+) -> None:
+    """The report fails while the task is cancelled: the cancellation propagates, and the
+    probe the call held is still given back."""
+    reports: list[str] = []
+
+    async def report(key: str, trigger: Trigger, *args: Any) -> None:
+        reports.append(trigger.value)
+        if trigger is not Trigger.RELEASE:
+            await asyncio.sleep(0.2)
+            raise StoreError("the database refused the outcome")
+
+    async def acquire() -> AsyncPermit:
+        return AsyncPermit("k", 7, report)  # a probe, admitted under generation 7
+
+    async def guarded() -> None:
+        async with AsyncGuard("k", acquire, lambda error: True):
+            if block_fails:
+                raise TimeoutError("the service did not answer")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(guarded())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert reports == ["failure" if block_fails else "success", "release"]

@@ -913,4 +913,55 @@ def test_the_local_view_holds_at_most_cached_keys_keys(db_url: str) -> None:
             breaker.check(key)
             breaker.record_failure(key)
         assert len(breaker._store.view) == 2
-        assert breaker._store.view.held("e") is not None  # the latest are kept
+        assert "e" in breaker._store.view.rows  # the latest are kept
+
+
+def test_a_circuit_decided_in_process_is_never_committed_by_a_later_write(
+    tmp_path: Any,
+) -> None:
+    """A failure the fallback counted in process (the file was locked) must not ride on the
+    next failure's optimistic write: the database's count wins once it answers."""
+    path = tmp_path / "b.db"
+    config = CircuitBreakerConfig(failure_threshold=3, store_timeout=timedelta(seconds=0.3))
+    with CircuitBreaker(f"sqlite:///{path}", config) as breaker:
+        breaker.record_failure("k")  # stored: 1
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock too long
+        breaker.record_failure("k")  # counted in process only: 2 there
+        breaker.record_failure("new")  # a key not stored yet: 1 there
+        other.execute("ROLLBACK")
+        other.close()
+        breaker.record_failure("k")  # stored: 2, not the in-process 3 (a trip)
+        breaker.record_failure("new")  # stored: 1, not 2
+        assert [(s.key, s.state, s.consecutive_failures) for s in breaker.status()] == [
+            ("k", CircuitState.CLOSED, 2),
+            ("new", CircuitState.CLOSED, 1),
+        ]
+        assert breaker.history("k") == []
+
+
+def test_a_forked_child_proves_nothing_with_its_parents_data_version(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    config = CircuitBreakerConfig(failure_threshold=1)
+    with CircuitBreaker(url, config) as writer:
+        writer.disable("k")
+        writer.reset("k")  # a Closed row
+    breaker = CircuitBreaker(url, config)
+    breaker.check("k")
+    breaker.check("k")  # held and proved by the parent's watch connection
+    pid = os.fork()
+    if pid == 0:  # the child: its own watch connection numbers from the start again
+        code = 1
+        try:
+            with CircuitBreaker(url, config) as other:
+                other.record_failure("k")  # trips it
+            try:
+                breaker.check("k")
+                code = 2  # admitted on the parent's stale row
+            except CircuitOpenError:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    breaker.close()
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -233,7 +233,7 @@ class CircuitBreaker(BreakerBase):
         under the row's lock. A write may start from what the view holds, current or not,
         sparing the read: its version check proves it current when it lands."""
         if held is None and not peek and trigger is not _CHECK:
-            guess = store.view.held(key)
+            guess = store.view.guess(key)
             if guess is not None:
                 decision = decide(
                     guess.circuit,
@@ -636,6 +636,7 @@ class CircuitBreaker(BreakerBase):
     def close(self) -> None:
         """Release the database connections (an Engine passed in is left to its owner)."""
         if not self._closed:
+            self._closed = True  # first: no call may reopen what is being closed
             self._store.close()
             if self._owns_engine:
                 self._store.engine.dispose()

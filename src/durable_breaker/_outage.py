@@ -4,8 +4,10 @@ what the local view holds."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from datetime import datetime
 
 from ._config import CircuitBreakerConfig
@@ -16,6 +18,16 @@ from ._view import LocalView
 # During an outage one call per interval tries the database; the others do not wait for it.
 RECHECK_INTERVAL_S = 1.0
 _log = logging.getLogger("durable_breaker")
+_TRACKERS: weakref.WeakSet[OutageTracker] = weakref.WeakSet()
+
+
+def _new_locks() -> None:
+    for tracker in list(_TRACKERS):
+        tracker._lock = threading.Lock()  # another thread may have held it at a fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks)
 
 
 class OutageTracker:
@@ -27,6 +39,7 @@ class OutageTracker:
         self._database = database
         self._view = view
         self._lock = threading.Lock()
+        _TRACKERS.add(self)
         self.down_since: float | None = None  # time.monotonic() when the outage began
         self._next_try = 0.0
 

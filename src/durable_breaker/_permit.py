@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -28,6 +29,15 @@ _log = logging.getLogger("durable_breaker")
 # One lock for every permit's once-only settling: held for a few instructions, and a lock
 # per permit would cost more to make than this one costs to share.
 _SETTLING = threading.Lock()
+
+
+def _new_settling_lock() -> None:
+    global _SETTLING
+    _SETTLING = threading.Lock()  # another thread may have held it at a fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_settling_lock)
 
 
 def reason_of(error: BaseException) -> str:
@@ -339,8 +349,8 @@ class AsyncGuard:
         if error is None:
             try:
                 await permit.succeeded()
-            except Exception:
-                await _quietly_async(permit)
+            except BaseException:
+                await _quietly_async(permit)  # the success was not recorded: free its probe
                 raise
             return
         counts = _counts(error, self._is_failure)
@@ -354,6 +364,8 @@ class AsyncGuard:
             if counts:
                 await _quietly_async(permit)
         except BaseException:
+            if counts:
+                await _quietly_async(permit)
             if isinstance(error, Exception):
                 raise  # a cancellation while recording: it wins over an ordinary error
             # The block's own cancellation or interrupt propagates as it is.

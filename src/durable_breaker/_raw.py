@@ -371,9 +371,11 @@ class PostgresRaw:
             if not alive:
                 return cursor
             try:
-                readable, _, _ = io_select.select([cursor.connection.fileno()], [], [], 0)
+                waiting = io_select.poll()  # (select() cannot take descriptors past 1023)
+                waiting.register(cursor.connection.fileno(), io_select.POLLIN)
+                readable = bool(waiting.poll(0))
             except (OSError, ValueError, self._error):
-                readable = [True]
+                readable = True
             if not readable:
                 return cursor
             cursor.connection.close()

@@ -315,7 +315,10 @@ class SqlStore(Statements):
         )
         try:
             written = self._raw.write(change)
-        except exc.SQLAlchemyError as error:
+        except BaseException as error:
+            self.view.changing(key)  # it may have landed all the same
+            if not isinstance(error, exc.SQLAlchemyError):
+                raise
             fault = classify(error)
             lost = fault is Fault.UNREACHABLE or (
                 isinstance(error, exc.DBAPIError) and error.connection_invalidated
@@ -389,9 +392,13 @@ class SqlStore(Statements):
                     result: tuple[Decision, int | None] = done.value
                     return result
 
-        decision, version = with_retries(
-            self.engine, "update a circuit", self.timeout_s, transaction
-        )
+        try:
+            decision, version = with_retries(
+                self.engine, "update a circuit", self.timeout_s, transaction
+            )
+        except BaseException:
+            self.view.changing(key)  # a commit that failed to answer may have landed
+            raise
         self.view.wrote(key, decision.after if decision.needs_write else decision.before, version)
         return decision, version
 

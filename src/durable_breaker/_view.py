@@ -25,7 +25,9 @@ proof:
 
 A row this process writes is held unmarked (its own commit cannot be told from another's),
 and so is a circuit decided in process while the database is unavailable: `last` gives the
-fallback the last circuit this process read, wrote or decided for a key, current or not.
+fallback the last circuit this process read, wrote or decided for a key, current or not. An
+optimistic write may start from what is held (`guess`), but never from a circuit decided in
+process: its version check could pass, and commit a decision the database never made.
 At most ``cached_keys`` keys are held; the one held longest without a change goes first.
 """
 
@@ -48,7 +50,8 @@ from ._state import NEW_CIRCUIT, Circuit
 
 CHANNEL = "durable_breaker"  # as migration 0002 notifies
 NO_PROOF: Any = object()  # equals no mark: nothing held is proved current
-_UNREAD: Any = object()  # the row of a circuit this process wrote or decided: equals no row
+_WRITTEN: Any = object()  # the row of a circuit this process wrote: equals no row read
+_DECIDED: Any = object()  # ...of one it decided without the database: nor is it stored
 _log = logging.getLogger("durable_breaker")
 _CHECK, _SUCCESS = Trigger.CHECK, Trigger.SUCCESS
 Parse = Callable[[tuple[Any, ...]], tuple[Circuit, int]]
@@ -131,15 +134,18 @@ class LocalView:
         # they were held: the oldest goes first.
         self.rows: dict[str, Held] = {}
         self._lock = threading.Lock()  # for changes; lookups need none
+        _VIEWS.add(self)
 
     def current(self, key: str, proof: object) -> Held | None:
         """What is held of `key`, if `proof` (just taken) shows it is still stored."""
         held = self.rows.get(key)
         return held if held is not None and held.mark == proof else None
 
-    def held(self, key: str) -> Held | None:
-        """What is held of `key`, current or not."""
-        return self.rows.get(key)
+    def guess(self, key: str) -> Held | None:
+        """What is held of `key` as last read or written, current or not; None for nothing,
+        or for a circuit decided without the database."""
+        held = self.rows.get(key)
+        return None if held is None or held.row is _DECIDED else held
 
     def last(self, key: str) -> Circuit:
         """The last circuit this process saw or decided for `key` (a new one if none)."""
@@ -161,20 +167,22 @@ class LocalView:
         return held
 
     def wrote(self, key: str, circuit: Circuit, version: int | None) -> None:
-        """Hold what this process just stored for `key` (unproved: see the docstring)."""
-        held = Held(circuit, version, _UNREAD)
+        """Hold what this process just stored for `key` (unproved: see the docstring). A read
+        in flight, made before the write landed, must not be marked current now."""
+        held = Held(circuit, version, _WRITTEN)
         with self._lock:
+            self.rule.changing()
             self._keep(key, held)
 
     def changing(self, key: str) -> None:
-        """This process is about to write `key`: what it holds may no longer be current,
-        whatever becomes of the write (a failed write may still have been applied)."""
+        """This process is writing `key`, or failed to: what it holds may no longer be
+        current, whatever becomes of the write (a failed write may still have been applied)."""
         self.unmark(key)
 
     def remember(self, key: str, circuit: Circuit) -> None:
-        """Hold a circuit decided without the database (unproved; the database wins later)."""
-        known = self.rows.get(key)
-        held = Held(circuit, None if known is None else known.version, _UNREAD)
+        """Hold a circuit decided without the database (unproved; the database wins later),
+        or one the asyncio breaker got with no version: neither is ever a `guess`."""
+        held = Held(circuit, None, _DECIDED)
         with self._lock:
             self._keep(key, held)
 
@@ -204,10 +212,17 @@ class LocalView:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def forked(self) -> None:
+        self._lock = threading.Lock()  # (another thread may have held it at the fork)
+        for key, known in self.rows.items():
+            if known.mark is not None:  # a mark's meaning was the parent's
+                self.rows[key] = known.marked(None)
+
     def close(self) -> None:
         self.rule.close()
 
 
+_VIEWS: weakref.WeakSet[LocalView] = weakref.WeakSet()
 _STALE_PROOFS = 4  # the pragma found changed this many times in a row: stop asking...
 _SKIPPED_PROOFS = 64  # ...for this many questions (others commit between most of them)
 
@@ -217,9 +232,10 @@ class DataVersion:
     connection, returns the value it returned just before the row was read.
 
     The connection never writes, so its number changes with every commit to the file, this
-    process's own included. While other connections commit between most questions (the
-    pragma found changed four times in a row), it is not asked for the next 64: a proof
-    would rarely hold, and a row read costs little more than the pragma.
+    process's own included. Numbers only compare on one connection: when it is opened anew (in
+    a forked child), rows marked before prove nothing. While other connections commit between
+    most questions (the pragma found changed four times in a row), it is not asked for the
+    next 64: a proof would rarely hold, and a row read costs little more than the pragma.
     """
 
     proves = True
@@ -229,6 +245,7 @@ class DataVersion:
         self._wrap = wrap  # a driver error as SQLAlchemy would raise it
         self._lock = threading.Lock()  # one connection, asked from every thread
         self._cursor: sqlite3.Cursor | None = None  # opened on first use (again in a child)
+        self._closed = False
         self._last: object = NO_PROOF
         self._stale = 0
         self._skips = 0
@@ -237,15 +254,17 @@ class DataVersion:
     def forked(self) -> None:
         self._lock = threading.Lock()
         self._cursor, self._last = None, NO_PROOF  # (the parent's connection stays unused)
+        # The views' rows were unmarked too (`LocalView.forked`): the new connection's
+        # numbers start again, and could equal the parent's.
 
     def proof(self) -> object:
         with self._lock:
-            if self._skips:
-                self._skips -= 1
+            if self._skips or self._closed:
+                self._skips = max(0, self._skips - 1)
                 return NO_PROOF
             cursor = self._cursor
             try:
-                if cursor is None:
+                if cursor is None:  # (only on first use: a child's views were unmarked)
                     cursor = self._cursor = self._connect().cursor()
                 number = cursor.execute("PRAGMA data_version").fetchone()[0]
             except sqlite3.Error as error:
@@ -270,6 +289,7 @@ class DataVersion:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._cursor is not None:
                 self._cursor.connection.close()
                 self._cursor = None
@@ -398,7 +418,9 @@ class Notifications:
 
 def _forked() -> None:
     """In a forked child: what the parent held proves nothing here, and the parent's
-    connections and threads are not the child's."""
+    connections, threads and locks are not the child's."""
+    for view in list(_VIEWS):
+        view.forked()
     for rule in list(_RULES):
         rule.forked()
 

@@ -40,6 +40,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -132,7 +133,7 @@ class LocalView:
         self._size = size
         # Read-only outside this class (the hot path looks rows up directly), in the order
         # they were held: the oldest goes first.
-        self.rows: dict[str, Held] = {}
+        self.rows: OrderedDict[str, Held] = OrderedDict()
         self._lock = threading.Lock()  # for changes; lookups need none
         _VIEWS.add(self)
 
@@ -203,11 +204,12 @@ class LocalView:
                     self.rows[key] = known.marked(None)
 
     def _keep(self, key: str, held: Held) -> None:
-        # Under the lock. Moved to the end: the oldest read goes first.
+        # Under the lock. Moved to the end: the oldest read goes first. (An OrderedDict: a
+        # dict's first item is found by skipping the deleted ones before it, ever more.)
         self.rows.pop(key, None)
         self.rows[key] = held
         if len(self.rows) > self._size:
-            del self.rows[next(iter(self.rows))]
+            self.rows.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -158,15 +158,12 @@ class CircuitBreaker(BreakerBase):
         (and held). None while an outage skips the database (the caller decides without it);
         an unavailable database starts an outage and raises. `proof`: the view rule's, if
         just taken."""
-        if self._closed:
-            self._open_store()  # says so
-        if type(key) is not str or key not in self._view.rows:  # (`_key`, inline)
-            key = check_name("key", key, MAX_KEY_LENGTH)
+        store, key = self._open_store(), self._key(key)
         outage = self._outage
         if outage.down_since is not None and outage.skip_store():
             return None
         try:
-            held = self._store.read(key, proof)
+            held = store.read(key, proof)
         except StoreUnavailableError as error:
             outage.failed(error)
             raise

@@ -151,6 +151,7 @@ class CircuitBreaker(BreakerBase):
             proof = view.rule.proof()
         except exc.SQLAlchemyError:
             return None, None
+        # (`LocalView.current`, inline: the held row is already in hand.)
         return (held if held.mark == proof else None), proof
 
     def _read(self, key: str, proof: object = None) -> Held | None:

@@ -270,8 +270,8 @@ class SqlStore(Statements):
         view = self.view
         if proof is None:
             proof = view.rule.proof()
-        held = view.rows.get(key)
-        if held is not None and held.mark == proof:
+        held = view.current(key, proof)
+        if held is not None:
             return held
         before = view.rule.before_read(proof)
         return view.read(key, self._raw.load(self.namespace, key), before, self._raw.parse)

@@ -256,7 +256,9 @@ def test_a_database_made_by_revision_0002_upgrades_with_its_data_intact(tmp_path
         tuple(row) for row in before_rows
     ]
     assert [(row.open_until, row.generation) for row in after_rows] == [(None, 0)] * 4
-    assert [tuple(row) for row in after_trail] == [tuple(row) for row in before_trail]
+    assert [tuple(row._mapping[c] for c in before_trail[0]._fields) for row in after_trail] == [
+        tuple(row) for row in before_trail
+    ]
     clock = lambda: 1_700_000_000.0 + 62  # noqa: E731 - the fixture's clock, when it stopped
     config = CircuitBreakerConfig(failure_threshold=2, cooldown=timedelta(seconds=30))
     with CircuitBreaker(url, config, clock=clock) as breaker:
@@ -292,3 +294,58 @@ def test_downgrade_from_0003_keeps_operator_changes_as_the_nearest_old_state(
         ).all()
     assert states == {"held": "closed", "off": "closed"}
     assert [tuple(row) for row in trail] == [("held", "open"), ("off", "closed")]
+
+
+def test_a_database_made_by_revision_0003_upgrades_with_its_data_intact(tmp_path: Path) -> None:
+    """tests/data/v0003.sqlite was written by the library at revision 0003 (see its commit):
+    every stored value is kept, the new columns start empty, and policies are then stored."""
+    path = tmp_path / "old.sqlite"
+    shutil.copy(REPO / "tests" / "data" / "v0003.sqlite", path)
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    select_circuits = sa.text("SELECT * FROM durable_breaker_circuit ORDER BY key")
+    select_trail = sa.text("SELECT * FROM durable_breaker_transition ORDER BY id")
+    with engine.connect() as connection:
+        before_rows = connection.execute(select_circuits).all()
+        before_trail = connection.execute(select_trail).all()
+        assert migrations.current_revision(connection) == "0003_manual_control_and_fencing"
+    with pytest.raises(SchemaError, match="migrate"):
+        CircuitBreaker(url)
+    assert migrations.upgrade(engine) == ("0003_manual_control_and_fencing", migrations.head())
+    with engine.connect() as connection:
+        after_rows = connection.execute(select_circuits).all()
+        after_trail = connection.execute(select_trail).all()
+    engine.dispose()
+    assert len(before_rows) == 5 and len(before_trail) == 5
+    for before, after in [*zip(before_rows, after_rows), *zip(before_trail, after_trail)]:
+        assert {c: after._mapping[c] for c in before._fields} == dict(before._mapping)
+    new_circuit = ("failure_threshold", "cooldown_s", "half_open_max", "probe_timeout_s")
+    new_transition = ("generation", "error_type", "status_code", "retry_after_s", "open_until")
+    assert {row._mapping[c] for row in after_rows for c in (*new_circuit, "policy_by")} == {None}
+    assert {row._mapping[c] for row in after_trail for c in new_transition} == {None}
+
+    clock = lambda: 1_700_000_000.0 + 36  # noqa: E731 - just after the fixture's last write
+    config = CircuitBreakerConfig(failure_threshold=2, cooldown=timedelta(seconds=30))
+    with CircuitBreaker(url, config, clock=clock, actor="after-0004") as breaker:
+        status = {s.key: s for s in breaker.status()}
+        assert {key: s.state for key, s in status.items()} == {
+            "claude": CircuitState.CLOSED,
+            "gemini": CircuitState.DISABLED,
+            "gpt-4o": CircuitState.OPEN,
+            "llama": CircuitState.FORCED_OPEN,
+            "mistral": CircuitState.HALF_OPEN,
+        }
+        # No policy was stored before 0004: a wait that needs the settings is unknown,
+        # one that does not (an operator's hold, a closed circuit) is still given.
+        assert all(s.policy is None for s in status.values())
+        assert status["gpt-4o"].retry_after is None and status["mistral"].retry_after is None
+        assert status["llama"].retry_after == 3600 - 36 + 34
+        assert status["claude"].retry_after == 0
+        assert breaker.explain("gpt-4o").policy is None
+        assert "unknown" in str(breaker.explain("gpt-4o"))
+        assert [t.reason for t in breaker.history("gpt-4o")] == ["HTTP 429"]
+        breaker.record_failure("mistral")  # the failed probe reopens it: now with a policy
+        reopened = breaker.status(["mistral"])[0]
+        assert reopened.state is CircuitState.OPEN and reopened.retry_after == 30
+        assert reopened.policy is not None and reopened.policy.set_by == "after-0004"
+        assert breaker.history("mistral")[-1].generation == 3

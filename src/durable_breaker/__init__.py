@@ -14,8 +14,9 @@ from ._errors import (
     StoreUnavailableError,
     UnknownKeyError,
 )
+from ._explain import Explanation
 from ._permit import AsyncPermit, Permit
-from ._state import CircuitState, Transition
+from ._state import CircuitState, Policy, Transition
 
 __all__ = [
     "AsyncCircuitBreaker",
@@ -25,9 +26,11 @@ __all__ = [
     "CircuitOpenError",
     "CircuitState",
     "DurableBreakerError",
+    "Explanation",
     "InvalidArgumentError",
     "KeyStatus",
     "Permit",
+    "Policy",
     "SchemaError",
     "StoreError",
     "StoreUnavailableError",

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -23,12 +23,13 @@ from sqlalchemy.engine import URL
 from ._common import (
     BreakerBase,
     KeyStatus,
-    capped,
+    check_count,
     check_hold_until,
+    check_keys,
     check_limit,
     check_name,
     check_reason,
-    check_retry_after,
+    check_states,
 )
 from ._config import CircuitBreakerConfig
 from ._engine import (
@@ -43,6 +44,7 @@ from ._errors import (
     InvalidArgumentError,
     StoreUnavailableError,
 )
+from ._explain import Explanation, explain
 from ._faults import translate_errors, with_retries_async
 from ._machine import Decision, Hold, Trigger, decide
 from ._migrations import ensure_schema
@@ -54,8 +56,8 @@ from ._permit import (
     check_key_of,
     key_of,
 )
-from ._state import NEW_CIRCUIT, CircuitState, Transition
-from ._store import Statements, StoredCircuit, circuit_of, stored_circuits, transition_of
+from ._state import NEW_CIRCUIT, NO_CAUSE, Cause, CircuitState, StoredCircuit, Transition
+from ._store import Statements, circuit_of, stored_circuits, transition_of
 from ._tables import MAX_KEY_LENGTH
 from ._urls import safe_url
 from ._view import LocalView, NoProof
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_SNAPSHOT_TRIES = 20  # as SqlStore.snapshot's
 
 
 class AsyncSqlStore(Statements):
@@ -94,7 +97,7 @@ class AsyncSqlStore(Statements):
         clock: Callable[[], datetime],
         config: CircuitBreakerConfig,
         *,
-        reason: str | None,
+        cause: Cause,
         actor: str,
         peek: bool = False,
         must_exist: bool = False,
@@ -113,7 +116,7 @@ class AsyncSqlStore(Statements):
         async def transaction() -> Decision:
             async with write_transaction_async(self.engine) as connection:
                 steps = self.fire_steps(
-                    key, trigger, clock, config, reason, actor, must_exist, hold, generation
+                    key, trigger, clock, config, cause, actor, must_exist, hold, generation
                 )
                 try:
                     statement = next(steps)
@@ -127,8 +130,21 @@ class AsyncSqlStore(Statements):
             self.engine.sync_engine, "update a circuit", self.timeout_s, transaction
         )
 
-    async def circuits(self) -> list[StoredCircuit]:
-        return stored_circuits(await self._read("list circuits", self.circuits_query))
+    async def circuits(
+        self, keys: list[str] | None = None, states: list[CircuitState] | None = None
+    ) -> list[StoredCircuit]:
+        query = self.circuits_query(keys, states)
+        return stored_circuits(await self._read("list circuits", query))
+
+    async def snapshot(self, key: str, limit: int) -> tuple[StoredCircuit | None, list[Transition]]:
+        """As `SqlStore.snapshot`."""
+        for _ in range(_SNAPSHOT_TRIES):
+            stored = await self.circuits([key])
+            history = await self.history(key, limit)
+            again = await self.circuits([key])
+            if [s.version for s in stored] == [s.version for s in again]:
+                break
+        return (stored[0] if stored else None), history
 
     async def history(self, key: str, limit: int | None) -> list[Transition]:
         rows = await self._read("read history", self.history_query(key, limit))
@@ -226,7 +242,7 @@ class AsyncCircuitBreaker(BreakerBase):
         self,
         key: str,
         trigger: Trigger,
-        reason: str | None = None,
+        cause: Cause = NO_CAUSE,
         *,
         peek: bool = False,
         hold: Hold = None,
@@ -244,7 +260,7 @@ class AsyncCircuitBreaker(BreakerBase):
                     trigger,
                     self._now,
                     self._config,
-                    reason=reason,
+                    cause=cause,
                     actor=self.actor,
                     peek=peek,
                     hold=hold,
@@ -258,7 +274,7 @@ class AsyncCircuitBreaker(BreakerBase):
                 self._outage.answered()
                 self._view.remember(key, decision.after if writes else decision.before)
                 if writes and decision.audited and self._listeners:
-                    self._announce(key, trigger, decision, reason)
+                    self._announce(key, trigger, decision, cause)
                 return decision
         if self._config.on_store_error == "fallback" and fall_back:
             return self._outage.decide(
@@ -280,21 +296,25 @@ class AsyncCircuitBreaker(BreakerBase):
 
     async def record_success(self, key: str) -> None:
         """Record a successful call: the key's circuit closes and its counts reset."""
-        await self._outcome(key, Trigger.SUCCESS, None, None, None)
+        await self._outcome(key, Trigger.SUCCESS, NO_CAUSE, None, None)
 
     async def record_failure(
-        self, key: str, reason: str | None = None, *, retry_after: timedelta | None = None
+        self,
+        key: str,
+        reason: str | None = None,
+        *,
+        retry_after: timedelta | None = None,
+        error: BaseException | None = None,
     ) -> None:
         """Record a failed call (see `CircuitBreaker.record_failure`)."""
-        hold = capped(check_retry_after(retry_after), self._config.max_retry_after)
-        await self._outcome(key, Trigger.FAILURE, reason, hold, None)
+        cause = self._failure_cause(reason, retry_after, error)
+        await self._outcome(key, Trigger.FAILURE, cause, cause.retry_after, None)
 
     async def _outcome(
-        self, key: str, trigger: Trigger, reason: str | None, hold: Hold, generation: int | None
+        self, key: str, trigger: Trigger, cause: Cause, hold: Hold, generation: int | None
     ) -> None:
-        check_reason(reason)
         try:
-            await self._fire(key, trigger, reason, hold=hold, generation=generation)
+            await self._fire(key, trigger, cause, hold=hold, generation=generation)
         except StoreUnavailableError as error:
             self._unless_unavailable(error)
 
@@ -306,8 +326,8 @@ class AsyncCircuitBreaker(BreakerBase):
         reason: str | None,
         error: BaseException | None,
     ) -> None:
-        hold = self._hold_of(error) if trigger is Trigger.FAILURE else None
-        await self._outcome(key, trigger, reason, hold, generation)
+        cause = self._cause(trigger, reason, error)
+        await self._outcome(key, trigger, cause, cause.retry_after, generation)
 
     async def acquire(self, key: str) -> AsyncPermit:
         """Admit a call (or raise CircuitOpenError) and return its permit (see
@@ -357,15 +377,24 @@ class AsyncCircuitBreaker(BreakerBase):
         return await self._manual(key, Trigger.RESET, reason or "manual reset", must_exist=True)
 
     async def force_open(
-        self, key: str, until: datetime | timedelta | None = None, *, reason: str | None = None
+        self,
+        key: str,
+        until: datetime | timedelta | None = None,
+        *,
+        reason: str | None = None,
+        must_exist: bool = False,
     ) -> Transition:
         """Hold `key`'s circuit open (see `CircuitBreaker.force_open`)."""
         hold = check_hold_until(until)
-        return await self._manual(key, Trigger.FORCE_OPEN, reason or "forced open", hold=hold)
+        return await self._manual(
+            key, Trigger.FORCE_OPEN, reason or "forced open", hold=hold, must_exist=must_exist
+        )
 
-    async def disable(self, key: str, *, reason: str | None = None) -> Transition:
+    async def disable(
+        self, key: str, *, reason: str | None = None, must_exist: bool = False
+    ) -> Transition:
         """Admit every call to `key` until a reset (see `CircuitBreaker.disable`)."""
-        return await self._manual(key, Trigger.DISABLE, reason or "disabled")
+        return await self._manual(key, Trigger.DISABLE, reason or "disabled", must_exist=must_exist)
 
     async def _manual(
         self,
@@ -377,12 +406,13 @@ class AsyncCircuitBreaker(BreakerBase):
         hold: Hold = None,
     ) -> Transition:
         check_reason(reason)
+        cause = Cause(reason)
         decision = await self._open_store(key).fire(
             key,
             trigger,
             self._now,
             self._config,
-            reason=reason,
+            cause=cause,
             actor=self.actor,
             must_exist=must_exist,
             hold=hold,
@@ -390,8 +420,8 @@ class AsyncCircuitBreaker(BreakerBase):
         self._outage.answered()
         self._view.remember(key, decision.after)
         if self._listeners:
-            self._announce(key, trigger, decision, reason)
-        return self._transition(key, trigger, decision, reason)
+            self._announce(key, trigger, decision, cause)
+        return self._transition(key, trigger, decision, cause)
 
     async def state(self, key: str) -> CircuitState:
         """The stored state of `key` (CLOSED for a key never stored)."""
@@ -404,10 +434,25 @@ class AsyncCircuitBreaker(BreakerBase):
         store = self._open_store(key)
         return await store.history(key, check_limit(limit))
 
-    async def status(self) -> list[KeyStatus]:
-        """Every stored key of this namespace with its state, ordered by key."""
+    async def status(
+        self,
+        keys: Iterable[str] | None = None,
+        *,
+        states: Iterable[CircuitState | str] | None = None,
+    ) -> list[KeyStatus]:
+        """Every stored key of this namespace (only `keys`, only in `states`, if given) with
+        its state (see `CircuitBreaker.status`)."""
+        store = self._open_store(keyed=False)
+        wanted = None
+        if keys is not None:
+            wanted = [check_name("key", key, MAX_KEY_LENGTH) for key in check_keys(keys)]
+        rows = await store.circuits(wanted, check_states(states))
         now = self._now()
-        return [
-            self._key_status(stored.key, stored.circuit, stored.since, now)
-            for stored in await self._open_store(keyed=False).circuits()
-        ]
+        return [self._key_status(stored, now) for stored in rows]
+
+    async def explain(self, key: str, *, history: int = 10) -> Explanation:
+        """Why `key` is in its state and when it next admits a call (see
+        `CircuitBreaker.explain`)."""
+        store = self._open_store(key)
+        stored, transitions = await store.snapshot(key, check_count("history", history))
+        return explain(key, self._namespace, stored, transitions, self._now())

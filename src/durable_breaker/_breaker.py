@@ -7,7 +7,7 @@ import functools
 import inspect
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -18,12 +18,13 @@ from sqlalchemy.engine import URL
 from ._common import (
     BreakerBase,
     KeyStatus,
-    capped,
+    check_count,
     check_hold_until,
+    check_keys,
     check_limit,
     check_name,
     check_reason,
-    check_retry_after,
+    check_states,
 )
 from ._config import CircuitBreakerConfig
 from ._engine import DEFAULT_URL, make_engine, prepare_engine, settle_journal_mode
@@ -32,6 +33,7 @@ from ._errors import (
     InvalidArgumentError,
     StoreUnavailableError,
 )
+from ._explain import Explanation, explain
 from ._faults import translate_errors
 from ._machine import Decision, Hold, Trigger, decide
 from ._migrations import ensure_schema
@@ -46,7 +48,7 @@ from ._permit import (
     key_of,
     to_completion,
 )
-from ._state import CircuitState, Transition
+from ._state import NO_CAUSE, Cause, CircuitState, Transition
 from ._store import SqlStore
 from ._tables import MAX_KEY_LENGTH
 from ._urls import safe_url
@@ -176,7 +178,7 @@ class CircuitBreaker(BreakerBase):
         self,
         key: str,
         trigger: Trigger,
-        reason: str | None = None,
+        cause: Cause = NO_CAUSE,
         *,
         peek: bool = False,
         hold: Hold = None,
@@ -197,7 +199,7 @@ class CircuitBreaker(BreakerBase):
                 raise self._outage.unavailable()
             try:
                 decision = self._decide_and_store(
-                    store, key, trigger, reason, peek, hold, generation, held
+                    store, key, trigger, cause, peek, hold, generation, held
                 )
             except StoreUnavailableError as error:
                 self._outage.failed(error)
@@ -220,7 +222,7 @@ class CircuitBreaker(BreakerBase):
         store: SqlStore,
         key: str,
         trigger: Trigger,
-        reason: str | None,
+        cause: Cause,
         peek: bool,
         hold: Hold,
         generation: int | None,
@@ -243,7 +245,7 @@ class CircuitBreaker(BreakerBase):
                 )
                 if decision.needs_write:
                     return self._write(
-                        store, key, trigger, decision, guess.version, reason, hold, generation
+                        store, key, trigger, decision, guess.version, cause, hold, generation
                     )
         if held is None:
             held = store.read(key)
@@ -252,7 +254,7 @@ class CircuitBreaker(BreakerBase):
         )
         if peek or not decision.needs_write:
             return decision
-        return self._write(store, key, trigger, decision, held.version, reason, hold, generation)
+        return self._write(store, key, trigger, decision, held.version, cause, hold, generation)
 
     def _write(
         self,
@@ -261,13 +263,13 @@ class CircuitBreaker(BreakerBase):
         trigger: Trigger,
         decision: Decision,
         version: int | None,
-        reason: str | None,
+        cause: Cause,
         hold: Hold,
         generation: int | None,
     ) -> Decision:
         actor = self.actor
         if (
-            store.write(key, decision, version, trigger, self._config, reason=reason, actor=actor)
+            store.write(key, decision, version, trigger, self._config, cause=cause, actor=actor)
             is None
         ):
             # Another writer changed the row since: decide again under its lock.
@@ -276,13 +278,13 @@ class CircuitBreaker(BreakerBase):
                 trigger,
                 self._now,
                 self._config,
-                reason=reason,
+                cause=cause,
                 actor=actor,
                 hold=hold,
                 generation=generation,
             )
         if decision.audited and decision.needs_write and self._listeners:
-            self._announce(key, trigger, decision, reason)
+            self._announce(key, trigger, decision, cause)
         return decision
 
     def _without_store(
@@ -417,17 +419,16 @@ class CircuitBreaker(BreakerBase):
     ) -> None:
         """Record a permit's failure or release, fenced by the generation it was admitted
         under (None: admitted while the database was unavailable, so not fenced)."""
-        hold = self._hold_of(error) if trigger is Trigger.FAILURE else None
-        self._outcome(key, trigger, reason, hold, generation)
+        cause = self._cause(trigger, reason, error)
+        self._outcome(key, trigger, cause, cause.retry_after, generation)
 
     def _outcome(
-        self, key: str, trigger: Trigger, reason: str | None, hold: Hold, generation: int | None
+        self, key: str, trigger: Trigger, cause: Cause, hold: Hold, generation: int | None
     ) -> None:
         """Store a failure or a release; one the database cannot take is dropped, unless
         on_store_error is "raise"."""
-        check_reason(reason)
         try:
-            self._fire(key, trigger, reason, hold=hold, generation=generation)
+            self._fire(key, trigger, cause, hold=hold, generation=generation)
         except StoreUnavailableError as error:
             self._unless_unavailable(error)
 
@@ -461,7 +462,12 @@ class CircuitBreaker(BreakerBase):
                 self._unless_unavailable(unavailable)
 
     def record_failure(
-        self, key: str, reason: str | None = None, *, retry_after: timedelta | None = None
+        self,
+        key: str,
+        reason: str | None = None,
+        *,
+        retry_after: timedelta | None = None,
+        error: BaseException | None = None,
     ) -> None:
         """Record a failed call.
 
@@ -469,12 +475,12 @@ class CircuitBreaker(BreakerBase):
         or a failed probe reopening the circuit); a failure that changes no state is counted
         but its reason is not kept. `retry_after` (the service's Retry-After): if this
         failure trips the circuit, it stays open at least that long (up to
-        `config.max_retry_after`).
+        `config.max_retry_after`). `error`: the exception that failed the call; the audit
+        row names its type and HTTP status, and (without `reason`, `retry_after`) takes
+        its message and Retry-After.
         """
-        hold = check_retry_after(retry_after)
-        self._outcome(
-            key, Trigger.FAILURE, reason, capped(hold, self._config.max_retry_after), None
-        )
+        cause = self._failure_cause(reason, retry_after, error)
+        self._outcome(key, Trigger.FAILURE, cause, cause.retry_after, None)
 
     def reset(self, key: str, *, reason: str | None = None) -> Transition:
         """Force a stored key's circuit closed (also ending a force_open or a disable);
@@ -482,18 +488,29 @@ class CircuitBreaker(BreakerBase):
         return self._manual(key, Trigger.RESET, reason or "manual reset", must_exist=True)
 
     def force_open(
-        self, key: str, until: datetime | timedelta | None = None, *, reason: str | None = None
+        self,
+        key: str,
+        until: datetime | timedelta | None = None,
+        *,
+        reason: str | None = None,
+        must_exist: bool = False,
     ) -> Transition:
         """Hold `key`'s circuit open, whatever successes are reported, until `until` (an
         aware datetime, or a timedelta from now; then it probes as after a cooldown) or, if
-        None, until a `reset`."""
+        None, until a `reset`. `must_exist`: raise UnknownKeyError rather than store a key
+        no process has stored (a misspelt one)."""
         hold = check_hold_until(until)
-        return self._manual(key, Trigger.FORCE_OPEN, reason or "forced open", hold=hold)
+        return self._manual(
+            key, Trigger.FORCE_OPEN, reason or "forced open", hold=hold, must_exist=must_exist
+        )
 
-    def disable(self, key: str, *, reason: str | None = None) -> Transition:
+    def disable(
+        self, key: str, *, reason: str | None = None, must_exist: bool = False
+    ) -> Transition:
         """Switch `key`'s circuit off until a `reset`: every call is admitted, and outcomes
-        are still counted (and shown by `status`) but never trip it."""
-        return self._manual(key, Trigger.DISABLE, reason or "disabled")
+        are still counted (and shown by `status`) but never trip it. `must_exist`: as for
+        `force_open`."""
+        return self._manual(key, Trigger.DISABLE, reason or "disabled", must_exist=must_exist)
 
     def _manual(
         self,
@@ -508,21 +525,21 @@ class CircuitBreaker(BreakerBase):
         store = self._open_store()
         key = self._key(key)
         check_reason(reason)
-        actor = self.actor
+        cause = Cause(reason)
         decision, _ = store.fire(
             key,
             trigger,
             self._now,
             self._config,
-            reason=reason,
-            actor=actor,
+            cause=cause,
+            actor=self.actor,
             must_exist=must_exist,
             hold=hold,
         )
         self._outage.answered()
         if self._listeners:
-            self._announce(key, trigger, decision, reason)
-        return self._transition(key, trigger, decision, reason)
+            self._announce(key, trigger, decision, cause)
+        return self._transition(key, trigger, decision, cause)
 
     def is_available(self, key: str) -> bool:
         """Whether `check` would admit a call now; reads only, spends no probe."""
@@ -604,32 +621,58 @@ class CircuitBreaker(BreakerBase):
             polls += 1
             found, ids = store.transitions_after(seen, 1000, also=wanted)
 
-    def status(self) -> list[KeyStatus]:
-        """Every stored key of this namespace with its state, ordered by key."""
+    def status(
+        self,
+        keys: Iterable[str] | None = None,
+        *,
+        states: Iterable[CircuitState | str] | None = None,
+    ) -> list[KeyStatus]:
+        """Every stored key of this namespace (only `keys`, only in `states`, if given) with
+        its state, ordered by key; waits computed with each circuit's stored policy."""
+        store = self._open_store()
+        wanted = None if keys is None else [self._key(key) for key in check_keys(keys)]
+        rows = store.circuits(wanted, check_states(states))
         now = self._now()
-        return [
-            self._key_status(stored.key, stored.circuit, stored.since, now)
-            for stored in self._open_store().circuits()
-        ]
+        return [self._key_status(stored, now) for stored in rows]
 
-    def prune(self, older_than: timedelta, *, batch_size: int = 1000) -> int:
-        """Delete this namespace's transitions older than `older_than`; return how many.
+    def explain(self, key: str, *, history: int = 10) -> Explanation:
+        """Why `key` is in its state and when it next admits a call, from the circuit, its
+        stored policy and its last `history` transitions, read as of one instant.
+        `str(explanation)` says it in plain words."""
+        store, key = self._open_store(), self._key(key)
+        stored, transitions = store.snapshot(key, check_count("history", history))
+        return explain(key, self._namespace, stored, transitions, self._now())
+
+    def prune(self, older_than: timedelta, *, batch_size: int = 1000, dry_run: bool = False) -> int:
+        """Delete this namespace's transitions older than `older_than`; return how many
+        (`dry_run`: how many it would, deleting none; `prunable` lists them by key).
 
         The latest transition of every key is kept, however old, so each key still says
         how it reached its state. Rows go in batches of `batch_size`, one transaction each.
         """
+        store, cutoff = self._open_store(), self._prune_cutoff(older_than)
+        check_count("batch_size", batch_size, least=1)
+        if cutoff is None:
+            return 0
+        if dry_run:
+            return sum(count for _, count, _ in store.prunable(cutoff))
+        return store.prune(cutoff, batch_size)
+
+    def prunable(self, older_than: timedelta) -> list[tuple[str, int, datetime]]:
+        """What `prune(older_than)` would delete: (key, rows, oldest row's time) per key."""
+        store, cutoff = self._open_store(), self._prune_cutoff(older_than)
+        return [] if cutoff is None else store.prunable(cutoff)
+
+    def _prune_cutoff(self, older_than: object) -> datetime | None:
+        """The time before which `prune` deletes (None: before the year 1, nothing)."""
         if not isinstance(older_than, timedelta) or older_than < timedelta(0):
             raise InvalidArgumentError(
                 f"older_than must be a non-negative datetime.timedelta, got {older_than!r}"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        store = self._open_store()
         try:
-            cutoff = self._now() - older_than
+            return self._now() - older_than
         except OverflowError:
-            return 0  # before the year 1: nothing is that old
-        return store.prune(cutoff, batch_size)
+            return None
 
     def close(self) -> None:
         """Release the database connections (an Engine passed in is left to its owner)."""

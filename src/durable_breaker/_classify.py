@@ -31,6 +31,8 @@ _COUNTED_4XX = frozenset({408, 429})
 _LONGEST_S = 366 * 86400.0  # a longer wait is capped (config.max_retry_after caps it further)
 # Class names of errors with no status code that are the caller's or the content's fault.
 _CONTENT_NAMES = ("ContentFilter", "ContextLength", "ContextWindow", "LengthFinishReason")
+_MAX_REASON = 500  # characters of an exception's reason kept in the audit trail
+_MAX_TYPE = 200  # characters of its type's name (the audit table's error_type)
 
 
 def status_code(error: BaseException) -> int | None:
@@ -123,3 +125,41 @@ def _seconds(seconds: float) -> timedelta | None:
     if not 0 < seconds < float("inf"):  # zero, negative, infinite, NaN
         return None
     return timedelta(seconds=min(seconds, _LONGEST_S))
+
+
+def error_type(error: BaseException) -> str:
+    """The name the audit trail gives an exception's type: its package and class
+    ("openai.RateLimitError", "httpx.ConnectTimeout"), or the class alone for a builtin."""
+    cls = type(error)
+    package = str(getattr(cls, "__module__", "")).partition(".")[0]
+    name = cls.__qualname__
+    if package and package not in ("builtins", "__main__"):
+        name = f"{package}.{name}"
+    return storable_text(name)[:_MAX_TYPE]
+
+
+def reason_of(error: BaseException) -> str:
+    """An audit reason naming an exception: its type and, if any, its message, made storable
+    (NUL and lone surrogates escaped, as SDKs copying a raw response body may carry them)
+    and cut to 500 characters. Never raises, whatever the exception's `__str__` does."""
+    name = type(error).__qualname__
+    try:
+        text = str(error)
+    except Exception:
+        text = "<message unavailable: its __str__ raised>"
+    reason = f"{name}: {text}" if text else name
+    if len(reason) > _MAX_REASON:
+        reason = reason[: _MAX_REASON - 3] + "..."
+    return storable_text(reason)
+
+
+def storable_text(text: str) -> str:
+    """`text` with what no backend stores as text escaped: NUL as \\x00, a lone surrogate as
+    \\udXXX (the backslashes of the escapes are the only change)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -1,12 +1,17 @@
-"""The `durable-breaker` command line: migrate, status, history, reset, open, disable, prune,
-diagram, demo."""
+"""The `durable-breaker` command line: migrate, status, explain, history, reset, open,
+disable, prune, diagram, demo."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import getpass
+import importlib.metadata
 import json
 import os
 import re
+import shlex
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -14,12 +19,15 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from ._breaker import CircuitBreaker
+from ._common import KeyStatus
 from ._config import CircuitBreakerConfig
 from ._engine import DEFAULT_URL, make_engine
-from ._errors import CircuitOpenError, DurableBreakerError, InvalidArgumentError
+from ._errors import CircuitOpenError, DurableBreakerError, InvalidArgumentError, UnknownKeyError
+from ._explain import clock_time, duration, policy_dict, relative, settings_words, transition_dict
 from ._machine import mermaid
 from ._migrations import upgrade
 from ._state import CircuitState, Transition
+from ._tables import MAX_ACTOR_LENGTH
 from ._urls import safe_url
 
 DEMO_KEY = "gpt-4o"
@@ -27,28 +35,27 @@ DEMO_CALLS = 14
 DEMO_STEP_S = 4.0
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat(timespec="microseconds")
-
-
-def _transition_dict(t: Transition) -> dict[str, object]:
-    return {
-        "key": t.key,
-        "from_state": t.from_state.value,
-        "to_state": t.to_state.value,
-        "trigger": t.trigger,
-        "at": _iso(t.at),
-        "consecutive_failures": t.consecutive_failures,
-        "reason": t.reason,
-        "actor": t.actor,
-    }
-
-
 def _transition_line(t: Transition) -> str:
+    """One audit row for people: time, change, trigger, failures, actor, reason and why."""
+    why = []
+    if t.error_type is not None or t.status_code is not None:
+        http = "" if t.status_code is None else f"HTTP {t.status_code}"
+        why.append(" ".join(part for part in (t.error_type, http) if part))
+    if t.retry_after is not None:
+        why.append(f"Retry-After {duration(t.retry_after)}")
+    if t.open_until is not None:
+        why.append(f"held until {t.open_until:%H:%M:%S}")
+    detail = f"  [{'; '.join(why)}]" if why else ""
     return (
-        f"{t.at:%Y-%m-%d %H:%M:%S.%f}Z  {t.from_state.value:>11} -> {t.to_state.value:<11}  "
-        f"{t.trigger:<10}  failures={t.consecutive_failures:<3} {t.actor}  {t.reason or ''}"
+        f"{t.at:%Y-%m-%d %H:%M:%S}  {t.from_state.value:>11} -> {t.to_state.value:<11}  "
+        f"{t.trigger:<10}  {t.consecutive_failures:>8}  {t.actor}  {t.reason or '-'}{detail}"
     )
+
+
+_HISTORY_HEADER = (
+    f"{'AT (UTC)':<19}  {'FROM':>11}    {'TO':<11}  {'TRIGGER':<10}  {'FAILURES':>8}  "
+    "ACTOR  REASON  [WHY]"
+)
 
 
 def _cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
@@ -69,63 +76,132 @@ def _cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _open(args: argparse.Namespace, config: CircuitBreakerConfig | None = None) -> CircuitBreaker:
-    """The breaker for a reading or resetting command: never creates or migrates a database."""
-    return CircuitBreaker(args.url, config, namespace=args.namespace, migrate=False)
+def _open(args: argparse.Namespace) -> CircuitBreaker:
+    """The breaker for an operator's command: never creates or migrates a database."""
+    return CircuitBreaker(args.url, namespace=args.namespace, migrate=False, actor=args.actor)
+
+
+def _status_dict(s: KeyStatus, now: datetime) -> dict[str, object]:
+    admits = None if s.retry_after is None else now + timedelta(seconds=s.retry_after)
+    return {
+        "key": s.key,
+        "state": s.state.value,
+        "consecutive_failures": s.consecutive_failures,
+        "since": None if s.since is None else s.since.isoformat(),
+        "retry_after": s.retry_after,
+        "admits_at": None if admits is None else admits.isoformat(),
+        "open_until": None if s.open_until is None else s.open_until.isoformat(),
+        "reason": s.reason,
+        "actor": s.actor,
+        "policy": None if s.policy is None else policy_dict(s.policy),
+    }
+
+
+def _next_call(s: KeyStatus) -> str:
+    if s.state in (CircuitState.CLOSED, CircuitState.DISABLED) or s.retry_after == 0:
+        return "now"
+    if s.retry_after is None:
+        return "until reset" if s.state is CircuitState.FORCED_OPEN else "unknown"
+    return f"in {duration(s.retry_after)}"
 
 
 def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    # The settings live in the applications, not the database: RETRY-AFTER needs them told.
-    config = CircuitBreakerConfig(
-        cooldown=timedelta(seconds=args.cooldown),
-        half_open_max=args.half_open_max,
-        probe_timeout=None if args.probe_timeout is None else timedelta(seconds=args.probe_timeout),
-    )
-    with _open(args, config) as breaker:
-        rows = breaker.status()
+    with _open(args) as breaker:
+        rows = breaker.status(args.keys or None, states=args.state)
+        now = datetime.now(UTC)
     if args.json:
-        json.dump(
-            [
-                {
-                    "key": s.key,
-                    "state": s.state.value,
-                    "consecutive_failures": s.consecutive_failures,
-                    "since": _iso(s.since),
-                    "retry_after": s.retry_after,
-                    "open_until": _iso(s.open_until),
-                }
-                for s in rows
-            ],
-            out,
-            indent=2,
-        )
+        json.dump([_status_dict(s, now) for s in rows], out, indent=2)
         print(file=out)
         return 0
     if not rows:
-        print(f"no keys stored in namespace {args.namespace!r}", file=out)
+        print(f"no keys {_matching(args)}in namespace {args.namespace!r}", file=out)
         return 0
-    print(f"{'KEY':<24} {'STATE':<11} {'FAILURES':>8}  {'SINCE':<27} RETRY-AFTER", file=out)
+    table = [("KEY", "STATE", "FAILURES", "SINCE", "NEXT CALL", "ACTOR", "REASON")]
     for s in rows:
-        since = "-" if s.since is None else f"{s.since:%Y-%m-%d %H:%M:%S.%f}Z"
-        if s.state is CircuitState.FORCED_OPEN and s.retry_after is None:
-            retry = "until reset"
-        elif s.retry_after is None or s.state in (CircuitState.CLOSED, CircuitState.DISABLED):
-            retry = "-"
-        else:
-            retry = f"{s.retry_after:.1f}s"
-        print(
-            f"{s.key:<24} {s.state.value:<11} {s.consecutive_failures:>8}  {since:<27} {retry}",
-            file=out,
+        table.append(
+            (
+                s.key,
+                s.state.value,
+                str(s.consecutive_failures),
+                relative(s.since, now),
+                _next_call(s),
+                s.actor or "-",
+                s.reason or "-",
+            )
         )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        cells = [
+            cell.rjust(width) if i == 2 else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=False))
+        ]
+        print("  ".join([*cells, row[-1]]), file=out)
+    _print_policies(rows, out)
     return 0
+
+
+def _matching(args: argparse.Namespace) -> str:
+    said = []
+    if args.keys:
+        said.append("named " + ", ".join(map(repr, args.keys)))
+    if args.state:
+        said.append("in state " + " or ".join(state.value for state in args.state))
+    return " ".join(said) + " " if said else ""
+
+
+def _print_policies(rows: list[KeyStatus], out: TextIO) -> None:
+    """Which settings the last deciding process of each key used, and who it was."""
+    groups: dict[str, list[str]] = {}
+    for s in rows:
+        if s.policy is not None:
+            groups.setdefault(f"{settings_words(s.policy)} (by {s.policy.set_by})", []).append(
+                s.key
+            )
+    unknown = [s.key for s in rows if s.policy is None]
+    if unknown:
+        groups["unknown: stored before the schema kept settings"] = unknown
+    if not groups:
+        return
+    print("\nsettings of the last process that decided for each key:", file=out)
+    for words, keys in groups.items():
+        print(f"  {', '.join(keys)}: {words}", file=out)
+    distinct = {words.rsplit(" (by ", 1)[0] for words in groups}
+    if len(distinct) > 1:
+        print("  (these keys are decided with different settings)", file=out)
+
+
+def _cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
+    with _open(args) as breaker:
+        explanation = breaker.explain(args.key, history=args.history)
+        if not explanation.stored:
+            raise UnknownKeyError(_unknown(breaker, args.key))
+    if args.json:
+        json.dump(explanation.as_dict(), out, indent=2)
+        print(file=out)
+    else:
+        out.write(str(explanation))
+    return 0
+
+
+def _unknown(breaker: CircuitBreaker, key: str, fix: str = "") -> str:
+    """That no process stored `key`, with the stored keys it may be a misspelling of."""
+    known = [s.key for s in breaker.status()]
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    similar = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    return f"no circuit is stored for key {key!r} in namespace {breaker.namespace!r}{similar}" + (
+        f"; {fix}" if fix else ""
+    )
 
 
 def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
     if args.follow:
         with _open(args) as breaker:
             last = 10 if args.limit is None else args.limit
-            for t in breaker.follow(args.key, last=last, poll=timedelta(seconds=args.interval)):
-                line = json.dumps(_transition_dict(t)) if args.json else _transition_line(t)
+            poll = args.interval
+            if not args.json:
+                print(("KEY: " if args.key is None else "") + _HISTORY_HEADER, file=out)
+            for t in breaker.follow(args.key, last=last, poll=poll):
+                line = json.dumps(transition_dict(t)) if args.json else _transition_line(t)
                 if args.key is None:
                     line = line if args.json else f"{t.key}: {line}"
                 print(line, file=out, flush=True)
@@ -134,56 +210,105 @@ def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
         raise InvalidArgumentError("history needs a KEY (or --follow to tail every key)")
     with _open(args) as breaker:
         rows = breaker.history(args.key, args.limit)
-        if not rows and args.key not in {s.key for s in breaker.status()}:
-            raise InvalidArgumentError(
-                f"no circuit is stored for key {args.key!r} in namespace {args.namespace!r}"
-            )
+        if not rows and not breaker.status([args.key]):
+            raise UnknownKeyError(_unknown(breaker, args.key))
     if args.json:
-        json.dump([_transition_dict(t) for t in rows], out, indent=2)
+        json.dump([transition_dict(t) for t in rows], out, indent=2)
         print(file=out)
     else:
+        print(_HISTORY_HEADER, file=out)
         for t in rows:
             print(_transition_line(t), file=out)
     return 0
 
 
-def _operator_change(args: argparse.Namespace, effect: str) -> CircuitBreaker:
-    """The breaker for a command that changes a circuit for every process, once confirmed."""
+def _confirmed(args: argparse.Namespace, effect: str) -> None:
+    """Refuse a change for every process unless confirmed."""
     if not args.yes:
         raise InvalidArgumentError(
             f"{args.command} {effect} {args.key!r} in every process; add --yes to confirm"
         )
-    return _open(args)
 
 
 def _cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
-    with _operator_change(args, "closes the circuit of") as breaker:
-        done = breaker.reset(args.key, reason=args.reason)
-    print(f"reset {args.key!r}: {_transition_line(done)}", file=out)
+    _confirmed(args, "closes the circuit of")
+    with _open(args) as breaker:
+        try:
+            done = breaker.reset(args.key, reason=args.reason)
+        except UnknownKeyError:
+            raise UnknownKeyError(_unknown(breaker, args.key)) from None
+    print(f"reset {args.key!r}:\n{_HISTORY_HEADER}\n{_transition_line(done)}", file=out)
     return 0
 
 
+def _new_key(
+    breaker: CircuitBreaker, args: argparse.Namespace, change: Callable[[], Transition]
+) -> Transition:
+    """`change`, refused for a key no process has stored unless --new says it is meant."""
+    try:
+        return change()
+    except UnknownKeyError:
+        raise UnknownKeyError(
+            _unknown(breaker, args.key, "check the spelling, or add --new to create its circuit")
+        ) from None
+
+
 def _cmd_open(args: argparse.Namespace, out: TextIO) -> int:
-    with _operator_change(args, "blocks every call to") as breaker:
-        done = breaker.force_open(args.key, args.for_, reason=args.reason)
-    held = "until reset" if args.for_ is None else f"until {done.at + args.for_:%Y-%m-%d %H:%M:%S}Z"
-    print(f"forced {args.key!r} open {held}: {_transition_line(done)}", file=out)
+    _confirmed(args, "rejects every call to")
+    with _open(args) as breaker:
+        done = _new_key(
+            breaker,
+            args,
+            lambda: breaker.force_open(
+                args.key, args.for_, reason=args.reason, must_exist=not args.new
+            ),
+        )
+    held = "until reset" if done.open_until is None else f"until {clock_time(done.open_until)}"
+    print(
+        f"forced {args.key!r} open {held}:\n{_HISTORY_HEADER}\n{_transition_line(done)}", file=out
+    )
     return 0
 
 
 def _cmd_disable(args: argparse.Namespace, out: TextIO) -> int:
-    with _operator_change(args, "admits every call to") as breaker:
-        done = breaker.disable(args.key, reason=args.reason)
-    print(f"disabled {args.key!r} until reset: {_transition_line(done)}", file=out)
+    _confirmed(args, "admits every call to")
+    with _open(args) as breaker:
+        done = _new_key(
+            breaker,
+            args,
+            lambda: breaker.disable(args.key, reason=args.reason, must_exist=not args.new),
+        )
+    print(
+        f"disabled {args.key!r} until reset:\n{_HISTORY_HEADER}\n{_transition_line(done)}", file=out
+    )
     return 0
 
 
 def _cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
+    age = duration(args.older_than.total_seconds())
+    where = f"namespace {args.namespace!r}"
     with _open(args) as breaker:
+        now = datetime.now(UTC)
+        cutoff = now - args.older_than
+        if args.dry_run:
+            doomed = breaker.prunable(args.older_than)
+            total = sum(count for _, count, _ in doomed)
+            print(
+                f"would remove {total} transition{'s' * (total != 1)} older than {age} "
+                f"(before {clock_time(cutoff)}) from {where}; nothing removed "
+                "(the latest of every key is kept)",
+                file=out,
+            )
+            for key, count, oldest in doomed:
+                print(
+                    f"  {key}: {count}, the oldest {relative(oldest, now)}",
+                    file=out,
+                )
+            return 0
         removed = breaker.prune(args.older_than, batch_size=args.batch_size)
     print(
-        f"removed {removed} transition{'s' * (removed != 1)} older than {args.older_than} "
-        f"from namespace {args.namespace!r} (the latest of every key is kept)",
+        f"removed {removed} transition{'s' * (removed != 1)} older than {age} "
+        f"(before {clock_time(cutoff)}) from {where} (the latest of every key is kept)",
         file=out,
     )
     return 0
@@ -210,6 +335,11 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             clock.now = max(clock.now, seen[-1].at.timestamp() + DEMO_STEP_S)
         start = breaker.state(DEMO_KEY)
         print(f"database {safe_url(args.url)}, namespace {args.namespace!r}", file=out)
+        print(
+            f"the clock is simulated: each call is {DEMO_STEP_S:g}s after the last, and "
+            "nothing waits",
+            file=out,
+        )
         print(
             f"{DEMO_KEY} starts {start.value} ({len(seen)} transitions stored by earlier runs)",
             file=out,
@@ -248,6 +378,11 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         for t in breaker.history(DEMO_KEY):
             print("  " + _transition_line(t), file=out)
     print("\nrun `durable-breaker demo` again: it starts from the state this run left.", file=out)
+    where = "" if args.url == DEFAULT_URL else f" --url {shlex.quote(safe_url(args.url))}"
+    where += f" --namespace {shlex.quote(args.namespace)}"
+    print("inspect what it left (times are on the simulated clock):", file=out)
+    for command in ("status", f"explain {DEMO_KEY}", f"history {DEMO_KEY}"):
+        print(f"  durable-breaker{where} {command}", file=out)
     return 0
 
 
@@ -259,21 +394,35 @@ class _DemoClock:
         return self.now
 
 
-def _seconds(text: str) -> float:
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|[smhdw])")
+_LONGEST = timedelta(days=3660)
+
+
+def _duration(text: str) -> timedelta:
+    """A duration as people write it: 90 (seconds), 90s, 1.5h, 1h30m, 2d, 1w, 250ms."""
+    spaced = text.strip().lower()
     try:
-        seconds = float(text)
+        seconds = float(spaced)  # a bare number: seconds
     except ValueError:
-        seconds = float("nan")
-    if not 0 <= seconds < 10**9:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 1e9, got {text!r}")
-    return seconds
+        parts = _PART.findall(spaced)
+        if not parts or "".join(number + unit for number, unit in parts) != spaced.replace(" ", ""):
+            raise argparse.ArgumentTypeError(
+                f"expected a duration such as 90, 90s, 1.5h, 1h30m, 2d or 1w, got {text!r}"
+            ) from None
+        seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    if not 0 <= seconds <= _LONGEST.total_seconds():  # also refuses nan, inf, and -5
+        raise argparse.ArgumentTypeError(
+            f"expected a duration from 0 to {_LONGEST.days}d, got {text!r}"
+        )
+    return timedelta(seconds=seconds)
 
 
-def _positive_seconds(text: str) -> float:
-    seconds = _seconds(text)
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"expected seconds above 0, got {text!r}")
-    return seconds
+def _positive_duration(text: str) -> timedelta:
+    wait = _duration(text)
+    if wait <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"expected a duration above 0 (e.g. 15m), got {text!r}")
+    return wait
 
 
 def _count(text: str) -> int:
@@ -282,84 +431,113 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _seconds_or_none(text: str) -> float | None:
-    return None if text.lower() == "none" else _seconds(text)
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _age(text: str) -> timedelta:
-    """A duration such as 30d, 12h, 90m, 45s or 2w."""
-    match = re.fullmatch(r"(\d{1,7})([smhdw])", text.strip().lower())
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number and a unit s, m, h, d or w (e.g. 30d), got {text!r}"
-        )
-    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
-
-
-def _positive_age(text: str) -> timedelta:
-    age = _age(text)
-    if age <= timedelta(0):
-        raise argparse.ArgumentTypeError(f"expected a duration above 0 (e.g. 15m), got {text!r}")
-    return age
-
-
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="durable-breaker", description="A durable, shared, audited per-key circuit breaker."
+def _states(text: str) -> list[CircuitState]:
+    try:
+        return [CircuitState(part.strip().lower()) for part in text.split(",")]
+    except ValueError:
+        known = ",".join(state.value for state in CircuitState)
+        raise argparse.ArgumentTypeError(
+            f"expected states among {known}, comma-separated, got {text!r}"
+        ) from None
+
+
+def _globals() -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name (given twice, the one
+    after wins)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help=f"database URL (default: $DURABLE_BREAKER_URL, else {DEFAULT_URL})",
     )
-    parser.add_argument(
-        "--url", help=f"database URL (default: $DURABLE_BREAKER_URL, else {DEFAULT_URL})"
-    )
-    parser.add_argument(
+    common.add_argument(
         "--namespace",
+        default=argparse.SUPPRESS,
         help="breaker group within the database (default: $DURABLE_BREAKER_NAMESPACE, "
         "else 'default'; the demo uses 'demo')",
     )
+    common.add_argument(
+        "--actor",
+        default=argparse.SUPPRESS,
+        help="who the audit trail names for changes made here (default: "
+        "$DURABLE_BREAKER_ACTOR, else user@host)",
+    )
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _globals()
+    parser = argparse.ArgumentParser(
+        prog="durable-breaker",
+        description="A durable, shared, audited per-key circuit breaker. Durations take "
+        "90 (seconds), 90s, 1.5h, 1h30m, 2d or 1w.",
+        parents=[common],
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {package_version()}",
+        help="print the version and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("migrate", help="upgrade the schema to the newest revision")
-    status = commands.add_parser(
+
+    def command(name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=summary, description=description or summary, parents=[common]
+        )
+
+    def confirm(sub: argparse.ArgumentParser, new: bool = False) -> None:
+        sub.add_argument("key", help="the key (e.g. a model name)")
+        sub.add_argument("--reason", default=None, help="why, for the audit trail")
+        sub.add_argument("--yes", action="store_true", help="confirm the change for every process")
+        if new:
+            sub.add_argument(
+                "--new",
+                action="store_true",
+                help="create the circuit of a key no process has stored yet",
+            )
+
+    command("migrate", "upgrade the schema to the newest revision")
+    status = command(
         "status",
-        help="every key with its state",
-        description="Every key with its state. RETRY-AFTER depends on the settings your "
-        "breakers use, which the database does not hold: pass them if they differ from the "
-        "defaults.",
+        "keys with their state, why and when they next admit a call",
+        "Every stored key (or those named) with its state, since when, when it next admits a "
+        "call, and the actor and reason of its last transition. Waits are computed with the "
+        "settings the last process that decided for each key stored.",
     )
-    status.add_argument("--json", action="store_true")
-    defaults = CircuitBreakerConfig()
+    status.add_argument("keys", nargs="*", metavar="KEY", help="only these keys")
     status.add_argument(
-        "--cooldown",
-        type=_seconds,
-        metavar="SECONDS",
-        default=defaults.cooldown.total_seconds(),
-        help="default: %(default)s",
+        "--state",
+        type=_states,
+        metavar="STATE[,STATE...]",
+        help="only keys in these states (closed, open, half_open, forced_open, disabled)",
     )
-    status.add_argument(
-        "--half-open-max",
-        type=int,
+    status.add_argument("--json", action="store_true", help="a JSON list, times in ISO 8601")
+    explain = command(
+        "explain",
+        "why a key is in its state, when it next admits a call, and what changes it",
+    )
+    explain.add_argument("key", help="the key (e.g. a model name)")
+    explain.add_argument("--json", action="store_true", help="a JSON object, times in ISO 8601")
+    explain.add_argument(
+        "--history",
+        type=_count,
+        default=10,
         metavar="N",
-        default=defaults.half_open_max,
-        help="default: %(default)s",
+        help="transitions read to find the cause (%(default)s)",
     )
-    status.add_argument(
-        "--probe-timeout",
-        type=_seconds_or_none,
-        metavar="SECONDS|none",
-        default=defaults.probe_timeout and defaults.probe_timeout.total_seconds(),
-        help="default: %(default)s",
-    )
-    history = commands.add_parser("history", help="a key's transitions, oldest first")
+    history = command("history", "a key's transitions, oldest first")
     history.add_argument("key", nargs="?", help="the key (optional with --follow: every key)")
-    history.add_argument("--limit", type=_count, default=None, help="only the last N")
-    history.add_argument("--json", action="store_true", help="one JSON object per line with -f")
+    history.add_argument("--limit", type=_count, default=None, metavar="N", help="only the last N")
+    history.add_argument(
+        "--json", action="store_true", help="a JSON list (one object per line with --follow)"
+    )
     history.add_argument(
         "-f",
         "--follow",
@@ -369,43 +547,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     history.add_argument(
         "--interval",
-        type=_positive_seconds,
-        default=0.5,
-        metavar="SECONDS",
-        help="poll (%(default)s)",
+        type=_positive_duration,
+        default=timedelta(seconds=0.5),
+        metavar="DURATION",
+        help="how often --follow polls (0.5s)",
     )
-    force = commands.add_parser(
-        "open", help="hold a key's circuit open until reset, or for a time (audited)"
+    force = command("open", "hold a key's circuit open until reset, or for a time (audited)")
+    confirm(force, new=True)
+    force.add_argument(
+        "--for",
+        dest="for_",
+        type=_positive_duration,
+        metavar="DURATION",
+        help="then probe as after a cooldown (default: until reset)",
     )
-    force.add_argument("key")
-    force.add_argument("--for", dest="for_", type=_positive_age, metavar="AGE", help="e.g. 15m")
-    force.add_argument("--yes", action="store_true", help="confirm")
-    force.add_argument("--reason", default=None)
-    disable = commands.add_parser(
-        "disable", help="admit every call to a key until reset; outcomes still counted (audited)"
+    disable = command(
+        "disable", "admit every call to a key until reset; outcomes still counted (audited)"
     )
-    disable.add_argument("key")
-    disable.add_argument("--yes", action="store_true", help="confirm")
-    disable.add_argument("--reason", default=None)
-    reset = commands.add_parser("reset", help="force a key's circuit closed (audited)")
-    reset.add_argument("key")
-    reset.add_argument("--yes", action="store_true", help="confirm")
-    reset.add_argument("--reason", default=None)
-    prune = commands.add_parser(
-        "prune", help="delete old transitions, keeping the latest of every key"
+    confirm(disable, new=True)
+    reset = command("reset", "force a key's circuit closed (audited)")
+    confirm(reset)
+    prune = command(
+        "prune",
+        "delete old transitions, keeping the latest of every key",
     )
-    prune.add_argument("--older-than", type=_age, required=True, metavar="AGE", help="e.g. 30d")
     prune.add_argument(
-        "--batch-size", type=_positive, default=1000, help="rows per transaction (%(default)s)"
+        "--older-than",
+        type=_duration,
+        required=True,
+        metavar="DURATION",
+        help="delete transitions older than this (e.g. 30d)",
     )
-    commands.add_parser("diagram", help="the state machine as Mermaid text")
-    commands.add_parser("demo", help="drive a simulated flaky model through the breaker")
+    mode = prune.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--yes", action="store_true", help="confirm the deletion")
+    mode.add_argument(
+        "--dry-run", action="store_true", help="print what would be deleted, delete nothing"
+    )
+    prune.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=1000,
+        metavar="N",
+        help="rows per transaction (%(default)s)",
+    )
+    command("diagram", "the state machine as Mermaid text")
+    command("demo", "drive a simulated flaky model through the breaker (simulated clock)")
     return parser
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "migrate": _cmd_migrate,
     "status": _cmd_status,
+    "explain": _cmd_explain,
     "history": _cmd_history,
     "reset": _cmd_reset,
     "open": _cmd_open,
@@ -423,13 +616,17 @@ def run(
     out = out or sys.stdout
     err = err or sys.stderr
     args = _parser().parse_args(argv)
+    url, namespace = getattr(args, "url", None), getattr(args, "namespace", None)
     if args.command == "demo":
         # The demo trips gpt-4o on a simulated clock: keep it off real breakers unless asked.
-        args.url = args.url or DEFAULT_URL
-        args.namespace = args.namespace or "demo"
+        args.url = url or DEFAULT_URL
+        args.namespace = namespace or "demo"
     else:
-        args.url = args.url or os.environ.get("DURABLE_BREAKER_URL") or DEFAULT_URL
-        args.namespace = args.namespace or os.environ.get("DURABLE_BREAKER_NAMESPACE") or "default"
+        args.url = url or os.environ.get("DURABLE_BREAKER_URL") or DEFAULT_URL
+        args.namespace = namespace or os.environ.get("DURABLE_BREAKER_NAMESPACE") or "default"
+    args.actor = (
+        getattr(args, "actor", None) or os.environ.get("DURABLE_BREAKER_ACTOR") or _person()
+    )
     try:
         return _COMMANDS[args.command](args, out)
     except DurableBreakerError as error:
@@ -449,6 +646,22 @@ def run(
             file=err,
         )
         return 70
+
+
+def _person() -> str:
+    """user@host: who runs this command (a CLI process's pid says nothing after it ends)."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no name for this uid (a bare container)
+        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"[:MAX_ACTOR_LENGTH]
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("durable-breaker")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main() -> None:

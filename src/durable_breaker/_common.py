@@ -3,20 +3,22 @@ clock, argument checks, transition listeners, and how results are reported."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
+from ._classify import error_type, reason_of, status_code
 from ._classify import retry_after as retry_after_of
 from ._config import CircuitBreakerConfig
 from ._errors import CircuitOpenError, InvalidArgumentError, StoreUnavailableError
 from ._machine import FENCED, Decision, Hold, Trigger, audit_reason, retry_after
 from ._outage import OutageTracker
-from ._state import Circuit, CircuitState, Transition
+from ._state import Cause, Circuit, CircuitState, Policy, StoredCircuit, Transition
 from ._tables import MAX_ACTOR_LENGTH, MAX_NAMESPACE_LENGTH
 
 _log = logging.getLogger("durable_breaker")
@@ -26,14 +28,54 @@ RejectionListener = Callable[[str, CircuitState], object]
 
 @dataclass(frozen=True, slots=True)
 class KeyStatus:
-    """One stored key as `status()` reports it."""
+    """One stored key as `status()` reports it.
+
+    `retry_after` is computed with the policy stored with the circuit (the settings of the
+    last process that decided for it), so every process and the CLI report the same wait.
+    """
 
     key: str
     state: CircuitState
     consecutive_failures: int
     since: datetime | None  # when it entered its state; None if it never changed state
-    retry_after: float | None  # seconds until a call could be admitted; 0 if now; None if unknown
+    # Seconds until a call could be admitted; 0 if now; None if unknown (only a probe's
+    # result can end it, or the circuit was stored before policies were).
+    retry_after: float | None
     open_until: datetime | None = None  # a hold: Retry-After of a trip, or force_open's until
+    reason: str | None = None  # of the latest transition
+    actor: str | None = None  # who made the latest transition
+    policy: Policy | None = None  # the settings in force, and who stored them
+
+
+def config_of(policy: Policy) -> CircuitBreakerConfig:
+    """A config deciding as `policy` does (its other settings: the defaults)."""
+    return _configs(
+        policy.failure_threshold, policy.cooldown, policy.half_open_max, policy.probe_timeout
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _configs(
+    threshold: int, cooldown: timedelta, half_open_max: int, probe_timeout: timedelta | None
+) -> CircuitBreakerConfig:
+    return CircuitBreakerConfig(
+        failure_threshold=threshold,
+        cooldown=cooldown,
+        half_open_max=half_open_max,
+        probe_timeout=probe_timeout,
+    )
+
+
+def retry_after_by(circuit: Circuit, now: datetime, policy: Policy | None) -> float | None:
+    """Seconds until `circuit` could admit a call at `now` under `policy`; without one (a
+    row from before policies were stored), only what needs no settings is known."""
+    if policy is not None:
+        return retry_after(circuit, now, config_of(policy))
+    if circuit.state in (CircuitState.CLOSED, CircuitState.DISABLED):
+        return 0.0
+    if circuit.state is CircuitState.FORCED_OPEN and circuit.open_until is not None:
+        return max(0.0, (circuit.open_until - now).total_seconds())
+    return None
 
 
 def storable(value: str) -> bool:
@@ -95,6 +137,41 @@ def check_limit(limit: object) -> int | None:
             f"limit must be None or an integer from 0 to {_MAX_LIMIT}, got {limit!r}"
         )
     return limit
+
+
+def check_count(what: str, value: object, *, least: int = 0) -> int:
+    """An integer argument of at least `least` (no bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= _MAX_LIMIT:
+        raise InvalidArgumentError(f"{what} must be an integer >= {least}, got {value!r}")
+    return value
+
+
+def check_keys(keys: object) -> list[object]:
+    """`status`'s `keys`: an iterable of keys (each checked by the caller), not one str."""
+    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+        raise InvalidArgumentError(
+            f"keys must be an iterable of keys such as a list, got {keys!r:.80}"
+            + (f"; for one key pass [{keys!r:.60}]" if isinstance(keys, str) else "")
+        )
+    return list(keys)
+
+
+def check_states(states: object) -> list[CircuitState] | None:
+    """`status`'s `states`: None (all), or CircuitStates or their values."""
+    if states is None:
+        return None
+    if isinstance(states, str | bytes) or not isinstance(states, Iterable):
+        raise InvalidArgumentError(f"states must be an iterable of states, got {states!r:.80}")
+    checked = []
+    for state in states:
+        try:
+            checked.append(CircuitState(state))
+        except ValueError:
+            known = ", ".join(s.value for s in CircuitState)
+            raise InvalidArgumentError(
+                f"unknown state {state!r:.40}: expected one of {known}"
+            ) from None
+    return checked
 
 
 def check_retry_after(retry_after: object) -> timedelta | None:
@@ -159,7 +236,7 @@ class BreakerBase:
                 f"the clock returned {seconds!r}; it must return POSIX seconds as a float"
             ) from error
 
-    def _hold_of(self, error: BaseException | None) -> Hold:
+    def _hold_of(self, error: BaseException | None) -> timedelta | None:
         """How long a failure from `error` holds a trip open: its Retry-After, capped (none
         when reading it fails: an odd error object must not keep its failure from counting)."""
         if error is None:
@@ -174,39 +251,75 @@ class BreakerBase:
         return capped(wait, self._config.max_retry_after)
 
     def _transition(
-        self, key: str, trigger: Trigger, decision: Decision, reason: str | None
+        self, key: str, trigger: Trigger, decision: Decision, cause: Cause
     ) -> Transition:
-        """The audited transition `decision` committed."""
+        """The audited transition `decision` committed (as its audit row says it)."""
+        applied = decision.guard != FENCED
+        after = decision.after
         return Transition(
             key=key,
             from_state=decision.before.state,
-            to_state=decision.after.state,
+            to_state=after.state,
             trigger=trigger.value,
             at=decision.now,
-            consecutive_failures=decision.after.consecutive_failures,
-            reason=audit_reason(decision, self._config, reason),
+            consecutive_failures=after.consecutive_failures,
+            reason=audit_reason(decision, self._config, cause.reason),
             actor=self.actor,
+            generation=after.generation,
+            error_type=cause.error_type,
+            status_code=cause.status_code,
+            retry_after=(
+                cause.retry_after.total_seconds()
+                if applied and cause.retry_after is not None
+                else None
+            ),
+            open_until=after.open_until if applied else None,
         )
 
-    def _key_status(
-        self, key: str, circuit: Circuit, since: datetime | None, now: datetime
-    ) -> KeyStatus:
-        """How `status` reports a stored key at `now`."""
+    def _cause(self, trigger: Trigger, reason: str | None, error: BaseException | None) -> Cause:
+        """The audit cause of a permit's failure or release: `reason`, and for a failure the
+        error's type, HTTP status and Retry-After (capped)."""
+        check_reason(reason)
+        if trigger is not Trigger.FAILURE or error is None:
+            return Cause(reason)
+        return Cause(reason, error_type(error), status_code(error), self._hold_of(error))
+
+    def _failure_cause(self, reason: str | None, retry_after: object, error: object) -> Cause:
+        """`record_failure`'s cause: what the caller said, completed from `error`."""
+        check_reason(reason)
+        wait = capped(check_retry_after(retry_after), self._config.max_retry_after)
+        if error is None:
+            return Cause(reason, retry_after=wait)
+        if not isinstance(error, BaseException):
+            raise InvalidArgumentError(f"error must be None or an exception, got {error!r:.80}")
+        return Cause(
+            reason_of(error) if reason is None else reason,
+            error_type(error),
+            status_code(error),
+            self._hold_of(error) if wait is None else wait,
+        )
+
+    def _key_status(self, stored: StoredCircuit, now: datetime) -> KeyStatus:
+        """How `status` reports a stored key at `now`: its waits by the stored policy."""
+        circuit, policy = stored.circuit, stored.policy
         return KeyStatus(
-            key=key,
+            key=stored.key,
             state=circuit.state,
             consecutive_failures=circuit.consecutive_failures,
-            since=since,
-            retry_after=retry_after(circuit, now, self._config),
+            since=stored.since,
+            retry_after=retry_after_by(circuit, now, policy),
             open_until=circuit.open_until,
+            reason=stored.reason,
+            actor=stored.actor,
+            policy=policy,
         )
 
-    def _announce(self, key: str, trigger: Trigger, decision: Decision, reason: str | None) -> None:
+    def _announce(self, key: str, trigger: Trigger, decision: Decision, cause: Cause) -> None:
         """Tell the listeners about a committed transition; a failing one is only logged.
         A late result is audited but is no transition: they are not told."""
         if decision.guard == FENCED:
             return
-        transition = self._transition(key, trigger, decision, reason)
+        transition = self._transition(key, trigger, decision, cause)
         for listener in list(self._listeners):
             try:
                 listener(transition)

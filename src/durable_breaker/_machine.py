@@ -37,6 +37,8 @@ class Trigger(StrEnum):
 # Triggers that report a call's outcome: a permit's are fenced by the generation it was
 # admitted under (see `decide`).
 OUTCOMES = frozenset({Trigger.SUCCESS, Trigger.FAILURE, Trigger.RELEASE})
+# An operator's changes: they decide nothing by the settings, so they keep the stored policy.
+MANUAL = frozenset({Trigger.RESET, Trigger.FORCE_OPEN, Trigger.DISABLE})
 _ALL = [state.value for state in CircuitState]
 
 # Order matters: for one (state, trigger) the first transition whose guards pass fires.
@@ -347,6 +349,12 @@ def describe(decision: Decision, config: CircuitBreakerConfig) -> str | None:
     if decision.guard == "hold_elapsed":
         return "forced open period ended"
     if decision.guard == "cooldown_elapsed":
+        before = decision.before
+        tripped, held_until = before.last_failure_at, before.open_until
+        if held_until is not None and (tripped is None or held_until > tripped + config.cooldown):
+            # The trip's Retry-After outlasted the cooldown: the hold is what ended.
+            length = "" if tripped is None else f" of {(held_until - tripped).total_seconds():g}s"
+            return f"Retry-After hold{length} ended (held until {held_until:%H:%M:%S}Z)"
         return f"cooldown of {config.cooldown.total_seconds():g}s elapsed"
     if decision.guard == "probe_timed_out":
         assert config.probe_timeout is not None

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+from ._classify import reason_of
 from ._common import check_reason
 from ._errors import DurableBreakerError, InvalidArgumentError
 from ._machine import Trigger
@@ -24,7 +25,6 @@ AsyncReport = Callable[
 ]
 IsFailure = Callable[[BaseException], bool]
 _SUCCESS, _FAILURE, _RELEASE = Trigger.SUCCESS, Trigger.FAILURE, Trigger.RELEASE
-_MAX_REASON = 500  # characters of an exception's reason kept in the audit trail
 _log = logging.getLogger("durable_breaker")
 # One lock for every permit's once-only settling: held for a few instructions, and a lock
 # per permit would cost more to make than this one costs to share.
@@ -38,33 +38,6 @@ def _new_settling_lock() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_settling_lock)
-
-
-def reason_of(error: BaseException) -> str:
-    """An audit reason naming an exception: its type and, if any, its message, made storable
-    (NUL and lone surrogates escaped, as SDKs copying a raw response body may carry them)
-    and cut to 500 characters. Never raises, whatever the exception's `__str__` does."""
-    name = type(error).__qualname__
-    try:
-        text = str(error)
-    except Exception:
-        text = "<message unavailable: its __str__ raised>"
-    reason = f"{name}: {text}" if text else name
-    if len(reason) > _MAX_REASON:
-        reason = reason[: _MAX_REASON - 3] + "..."
-    return storable_text(reason)
-
-
-def storable_text(text: str) -> str:
-    """`text` with what no backend stores as text escaped: NUL as \\x00, a lone surrogate as
-    \\udXXX (the backslashes of the escapes are the only change)."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 class _Settled:

@@ -30,7 +30,10 @@ _STORED = (
     "state, consecutive_failures, half_open_probes, last_failure_at, half_open_since, "
     "open_until, generation"
 )
-_COLUMNS = f"{_STORED}, version"
+_COLUMNS = f"{_STORED}, version"  # what a read returns
+# What a write stores: the circuit, and the policy the writer decided with.
+_WRITTEN = f"{_STORED}, failure_threshold, cooldown_s, half_open_max, probe_timeout_s, policy_by"
+_WRITTEN_COUNT = _WRITTEN.count(",") + 1
 Versioned = tuple[Circuit, int]  # a stored circuit and the version its row is at
 AUDIT_COLUMNS = (
     "namespace",
@@ -42,6 +45,11 @@ AUDIT_COLUMNS = (
     "consecutive_failures",
     "reason",
     "actor",
+    "generation",
+    "error_type",
+    "status_code",
+    "retry_after_s",
+    "open_until",
 )
 _AUDITED = ", ".join(AUDIT_COLUMNS)
 
@@ -52,7 +60,7 @@ class Change(NamedTuple):
 
     namespace: str
     key: str
-    stored: tuple[Any, ...]  # in _STORED's order
+    stored: tuple[Any, ...]  # in _WRITTEN's order
     now: datetime  # updated_at
     version: int | None
     audit: tuple[Any, ...] | None  # in _AUDITED's order
@@ -60,18 +68,19 @@ class Change(NamedTuple):
 
 def _statements(p: str) -> dict[str, str]:
     """The optimistic write's statements with placeholder `p`."""
-    stored = ", ".join([p] * 7)
+    stored = ", ".join([p] * _WRITTEN_COUNT)
     return {
         "update": (
-            f"UPDATE durable_breaker_circuit SET ({_STORED}, updated_at) = ({stored}, {p}), "
+            f"UPDATE durable_breaker_circuit SET ({_WRITTEN}, updated_at) = ({stored}, {p}), "
             f"version = version + 1 WHERE namespace = {p} AND key = {p} AND version = {p}"
         ),
         "insert": (
-            f"INSERT INTO durable_breaker_circuit (namespace, key, {_STORED}, updated_at, "
+            f"INSERT INTO durable_breaker_circuit (namespace, key, {_WRITTEN}, updated_at, "
             f"version) VALUES ({p}, {p}, {stored}, {p}, 1) ON CONFLICT DO NOTHING"
         ),
         "audit": (
-            f"INSERT INTO durable_breaker_transition ({_AUDITED}) VALUES ({', '.join([p] * 9)})"
+            f"INSERT INTO durable_breaker_transition ({_AUDITED}) "
+            f"VALUES ({', '.join([p] * len(AUDIT_COLUMNS))})"
         ),
     }
 
@@ -124,22 +133,22 @@ _SQLITE = _statements("?")
 def _postgres_writes() -> dict[tuple[bool, bool], str]:
     """The optimistic write as one statement, by (the row is new, audited)."""
     p = "%s"
-    stored = ", ".join([p] * 7)
+    stored = ", ".join([p] * _WRITTEN_COUNT)
     writes = {
         True: (
-            f"INSERT INTO durable_breaker_circuit (namespace, key, {_STORED}, updated_at, "
+            f"INSERT INTO durable_breaker_circuit (namespace, key, {_WRITTEN}, updated_at, "
             f"version) VALUES ({p}, {p}, {stored}, {p}, 1) ON CONFLICT DO NOTHING "
             "RETURNING version"
         ),
         False: (
-            f"UPDATE durable_breaker_circuit SET ({_STORED}, updated_at) = ({stored}, {p}), "
+            f"UPDATE durable_breaker_circuit SET ({_WRITTEN}, updated_at) = ({stored}, {p}), "
             f"version = version + 1 WHERE namespace = {p} AND key = {p} AND version = {p} "
             "RETURNING version"
         ),
     }
     audit = (
         f"INSERT INTO durable_breaker_transition ({_AUDITED}) "
-        f"SELECT {', '.join([p] * 9)} FROM changed RETURNING id"
+        f"SELECT {', '.join([p] * len(AUDIT_COLUMNS))} FROM changed RETURNING id"
     )
     statements = {}
     for new, write in writes.items():

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Generator
-from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     Engine,
+    and_,
     bindparam,
     delete,
     exc,
     exists,
+    func,
     insert,
     or_,
     select,
@@ -24,14 +25,15 @@ from ._config import CircuitBreakerConfig
 from ._engine import owns, write_transaction
 from ._errors import StoreUnavailableError, UnknownKeyError
 from ._faults import Fault, classify, translate_errors, with_retries
-from ._machine import Decision, Hold, Trigger, audit_reason, decide
+from ._machine import FENCED, MANUAL, Decision, Hold, Trigger, audit_reason, decide
 from ._raw import AUDIT_COLUMNS, Change, PostgresRaw, SqliteRaw, ThroughSqlAlchemy
-from ._state import NEW_CIRCUIT, Circuit, CircuitState, Transition
+from ._state import NEW_CIRCUIT, Cause, Circuit, CircuitState, Policy, StoredCircuit, Transition
 from ._tables import circuits, transitions
 from ._urls import safe_url
 from ._view import DataVersion, Held, LocalView, NoProof, Notifications, Rule
 
 Statement = tuple[Any, dict[str, Any]]  # an executable and its parameters
+_SNAPSHOT_TRIES = 20  # a key written this often meanwhile is explained as last read
 _CIRCUIT_COLUMNS = (
     circuits.c.state,
     circuits.c.consecutive_failures,
@@ -41,6 +43,40 @@ _CIRCUIT_COLUMNS = (
     circuits.c.open_until,
     circuits.c.generation,
 )
+_POLICY_COLUMNS = (
+    circuits.c.failure_threshold,
+    circuits.c.cooldown_s,
+    circuits.c.half_open_max,
+    circuits.c.probe_timeout_s,
+    circuits.c.policy_by,
+)
+
+
+def policy_values(config: CircuitBreakerConfig, actor: str) -> tuple[Any, ...]:
+    """What a write stores of `config`, in _POLICY_COLUMNS' order."""
+    timeout = config.probe_timeout
+    return (
+        config.failure_threshold,
+        config.cooldown.total_seconds(),
+        config.half_open_max,
+        None if timeout is None else timeout.total_seconds(),
+        actor,
+    )
+
+
+def policy_of(row: Any) -> Policy | None:
+    """The stored policy of a circuit row (None: written before schema revision 0004)."""
+    if row.policy_by is None:
+        return None
+    return Policy(
+        failure_threshold=row.failure_threshold,
+        cooldown=timedelta(seconds=row.cooldown_s),
+        half_open_max=row.half_open_max,
+        probe_timeout=(
+            None if row.probe_timeout_s is None else timedelta(seconds=row.probe_timeout_s)
+        ),
+        set_by=row.policy_by,
+    )
 
 
 # Rows are typed Any: Row's type parameters differ between SQLAlchemy 2.0 and 2.1.
@@ -66,22 +102,29 @@ def transition_of(row: Any) -> Transition:
         consecutive_failures=row.consecutive_failures,
         reason=row.reason,
         actor=row.actor,
+        generation=row.generation,
+        error_type=row.error_type,
+        status_code=row.status_code,
+        retry_after=row.retry_after_s,
+        open_until=row.open_until,
         id=row.id,
     )
 
 
 def stored_circuits(rows: Any) -> list[StoredCircuit]:
     """The rows of `Statements.circuits_query` as stored circuits."""
-    return [StoredCircuit(row.key, circuit_of(row), row.at) for row in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class StoredCircuit:
-    """A stored key with its circuit, and when it entered its state (None: never changed)."""
-
-    key: str
-    circuit: Circuit
-    since: datetime | None
+    return [
+        StoredCircuit(
+            row.key,
+            circuit_of(row),
+            policy_of(row),
+            row.at,
+            row.last_reason,
+            row.last_actor,
+            row.version,
+        )
+        for row in rows
+    ]
 
 
 class Statements:
@@ -91,6 +134,7 @@ class Statements:
     def __init__(self, dialect: str, namespace: str) -> None:
         self.namespace = namespace
         self._where_ns = circuits.c.namespace == namespace
+        self._policy_names = [column.name for column in _POLICY_COLUMNS]
         # SQLite's BEGIN IMMEDIATE serialises writers, so a plain INSERT cannot collide. On
         # PostgreSQL a concurrent first write of the same key can: then `fire` re-reads and retries.
         self._insert_circuit = (
@@ -108,22 +152,44 @@ class Statements:
             self._where_ns, circuits.c.key == bindparam("key")
         )
         self._select_for_update = self.select_circuit.with_for_update()
+
+    def circuits_query(
+        self, keys: Collection[str] | None = None, states: Collection[CircuitState] | None = None
+    ) -> Any:
+        """The namespace's stored circuits (only `keys`, only in `states`, when given) with
+        their policy and latest transition, ordered by key."""
         # The latest transition of each key, through the (namespace, key, id) index.
-        since = (
-            select(transitions.c.at)
+        latest_id = (
+            select(transitions.c.id)
             .where(
                 transitions.c.namespace == circuits.c.namespace,
                 transitions.c.key == circuits.c.key,
             )
             .order_by(transitions.c.id.desc())
             .limit(1)
+            .correlate(circuits)
             .scalar_subquery()
         )
-        self.circuits_query = (
-            select(circuits.c.key, *_CIRCUIT_COLUMNS, since.label("at"))
+        last = transitions.alias("last")
+        query = (
+            select(
+                circuits.c.key,
+                *_CIRCUIT_COLUMNS,
+                *_POLICY_COLUMNS,
+                circuits.c.version,
+                last.c.at,
+                last.c.reason.label("last_reason"),
+                last.c.actor.label("last_actor"),
+            )
+            .select_from(circuits.outerjoin(last, last.c.id == latest_id))
             .where(self._where_ns)
             .order_by(circuits.c.key)
         )
+        if keys is not None:
+            query = query.where(circuits.c.key.in_(list(keys)))
+        if states is not None:
+            query = query.where(circuits.c.state.in_([state.value for state in states]))
+        return query
 
     def history_query(self, key: str | None, limit: int | None) -> Any:
         """The last `limit` transitions of `key` (of every key when None; all of them when
@@ -139,7 +205,7 @@ class Statements:
         trigger: Trigger,
         clock: Callable[[], datetime],
         config: CircuitBreakerConfig,
-        reason: str | None,
+        cause: Cause,
         actor: str,
         must_exist: bool,
         hold: Hold,
@@ -163,6 +229,8 @@ class Statements:
             if not decision.needs_write:
                 return decision, None if row is None else row.version
             values = self._values(decision.after, now)
+            if trigger not in MANUAL:
+                values.update(zip(self._policy_names, policy_values(config, actor), strict=True))
             if row is not None:
                 yield self._update_circuit, {**values, "row_key": key}
                 version = row.version + 1
@@ -175,7 +243,7 @@ class Statements:
                 version = 1
                 break
             # Another process stored this key first: read it again, under its lock.
-        audit = self._audit(key, trigger, decision, reason, actor, config)
+        audit = self._audit(key, trigger, decision, cause, actor, config)
         if audit is not None:
             yield insert(transitions), audit
         return decision, version
@@ -185,13 +253,15 @@ class Statements:
         key: str,
         trigger: Trigger,
         decision: Decision,
-        reason: str | None,
+        cause: Cause,
         actor: str,
         config: CircuitBreakerConfig,
     ) -> dict[str, object] | None:
         """The audit row of `decision`, or None when it is not audited."""
         if not decision.audited:
             return None
+        applied = decision.guard != FENCED  # a late result's Retry-After held nothing
+        after = decision.after
         return {
             "namespace": self.namespace,
             "key": key,
@@ -200,8 +270,17 @@ class Statements:
             "trigger": trigger.value,
             "at": decision.now,
             "consecutive_failures": decision.after.consecutive_failures,
-            "reason": audit_reason(decision, config, reason),
+            "reason": audit_reason(decision, config, cause.reason),
             "actor": actor,
+            "generation": after.generation,
+            "error_type": cause.error_type,
+            "status_code": cause.status_code,
+            "retry_after_s": (
+                cause.retry_after.total_seconds()
+                if applied and cause.retry_after is not None
+                else None
+            ),
+            "open_until": after.open_until if applied else None,
         }
 
     @staticmethod
@@ -284,7 +363,7 @@ class SqlStore(Statements):
         trigger: Trigger,
         config: CircuitBreakerConfig,
         *,
-        reason: str | None,
+        cause: Cause,
         actor: str,
     ) -> int | None:
         """Store `decision`, and its audit row, only if `key`'s row is still at `version`
@@ -295,7 +374,7 @@ class SqlStore(Statements):
         audit row are one statement (its timeouts go ahead of it in the same pipeline): an
         uncontended write costs one round trip.
         """
-        after, audit = decision.after, self._audit(key, trigger, decision, reason, actor, config)
+        after, audit = decision.after, self._audit(key, trigger, decision, cause, actor, config)
         self.view.changing(key)
         change = Change(
             self.namespace,
@@ -308,6 +387,7 @@ class SqlStore(Statements):
                 after.half_open_since,
                 after.open_until,
                 after.generation,
+                *policy_values(config, actor),
             ),
             decision.now,
             version,
@@ -365,7 +445,7 @@ class SqlStore(Statements):
         clock: Callable[[], datetime],
         config: CircuitBreakerConfig,
         *,
-        reason: str | None,
+        cause: Cause,
         actor: str,
         must_exist: bool = False,
         hold: Hold = None,
@@ -382,7 +462,7 @@ class SqlStore(Statements):
             self.view.changing(key)  # (again on a retry: a rolled back write may have been seen)
             with write_transaction(self.engine) as connection:
                 steps = self.fire_steps(
-                    key, trigger, clock, config, reason, actor, must_exist, hold, generation
+                    key, trigger, clock, config, cause, actor, must_exist, hold, generation
                 )
                 try:
                     statement = next(steps)
@@ -402,14 +482,29 @@ class SqlStore(Statements):
         self.view.wrote(key, decision.after if decision.needs_write else decision.before, version)
         return decision, version
 
-    def circuits(self) -> list[StoredCircuit]:
-        """Every stored key of the namespace, ordered by key."""
+    def circuits(
+        self, keys: Collection[str] | None = None, states: Collection[CircuitState] | None = None
+    ) -> list[StoredCircuit]:
+        """The namespace's stored keys (see `circuits_query`), ordered by key."""
+        query = self.circuits_query(keys, states)
 
         def read() -> Any:
             with self._reader.connect() as connection:
-                return connection.execute(self.circuits_query).all()
+                return connection.execute(query).all()
 
         return stored_circuits(with_retries(self.engine, "list circuits", self.timeout_s, read))
+
+    def snapshot(self, key: str, limit: int) -> tuple[StoredCircuit | None, list[Transition]]:
+        """`key`'s stored circuit and its last `limit` transitions as of one instant: read
+        again until the row's version is the same after the history as before it (every
+        audit row is written with a version bump, so none came in between)."""
+        for _ in range(_SNAPSHOT_TRIES):
+            [*stored] = self.circuits([key])
+            history = self.history(key, limit)
+            [*again] = self.circuits([key])
+            if [s.version for s in stored] == [s.version for s in again]:
+                break
+        return (stored[0] if stored else None), history
 
     def history(self, key: str | None, limit: int | None) -> list[Transition]:
         """The last `limit` transitions of `key` (or of every key), oldest first."""
@@ -450,24 +545,45 @@ class SqlStore(Statements):
         ours = [transition_of(row) for row in rows if row.namespace == self.namespace]
         return ours, [row.id for row in rows]
 
+    def _prunable(self, before: datetime) -> Any:
+        """Which of the namespace's transitions `prune` deletes: older than `before`, and
+        not their key's latest."""
+        newer = transitions.alias("newer")
+        return and_(
+            transitions.c.namespace == self.namespace,
+            transitions.c.at < before,
+            exists().where(
+                newer.c.namespace == transitions.c.namespace,
+                newer.c.key == transitions.c.key,
+                newer.c.id > transitions.c.id,
+            ),
+        )
+
+    def prunable(self, before: datetime) -> list[tuple[str, int, datetime]]:
+        """What `prune(before)` would delete: per key, how many rows and the oldest's time."""
+        query = (
+            select(transitions.c.key, func.count(), func.min(transitions.c.at))
+            .where(self._prunable(before))
+            .group_by(transitions.c.key)
+            .order_by(transitions.c.key)
+        )
+
+        def read() -> Any:
+            with self._reader.connect() as connection:
+                return connection.execute(query).all()
+
+        rows = with_retries(self.engine, "read the audit trail", self.timeout_s, read)
+        return [(key, count, oldest) for key, count, oldest in rows]
+
     def prune(self, before: datetime, batch_size: int) -> int:
         """Delete the namespace's transitions older than `before`, except each key's latest.
 
         Deletes `batch_size` rows per transaction, so a writer never waits behind more
         than one batch; returns how many rows were deleted.
         """
-        newer = transitions.alias("newer")
         doomed = (
             select(transitions.c.id)
-            .where(
-                transitions.c.namespace == self.namespace,
-                transitions.c.at < before,
-                exists().where(
-                    newer.c.namespace == transitions.c.namespace,
-                    newer.c.key == transitions.c.key,
-                    newer.c.id > transitions.c.id,
-                ),
-            )
+            .where(self._prunable(before))
             .order_by(transitions.c.id)
             .limit(batch_size)
         )

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -41,6 +42,7 @@ metadata = MetaData(
 MAX_NAMESPACE_LENGTH = 100
 MAX_KEY_LENGTH = 500
 MAX_ACTOR_LENGTH = 200
+MAX_ERROR_TYPE_LENGTH = 200
 VERSION_TABLE = "durable_breaker_alembic_version"
 
 
@@ -83,6 +85,13 @@ circuits = Table(
     # Bumped on every write: optimistic writes land only on the version they read.
     Column("version", BigInteger, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # The settings the last process that decided for the key used, and who it was (an
+    # operator's change keeps them): what `status` and `explain` compute waits with.
+    Column("failure_threshold", Integer, nullable=True),
+    Column("cooldown_s", Float, nullable=True),
+    Column("half_open_max", Integer, nullable=True),
+    Column("probe_timeout_s", Float, nullable=True),  # NULL with policy_by set: no probe timeout
+    Column("policy_by", String(MAX_ACTOR_LENGTH), nullable=True),  # NULL: written before 0004
     CheckConstraint(f"state IN ({_STATE_VALUES})", name="state"),
     CheckConstraint("consecutive_failures >= 0", name="consecutive_failures"),
     CheckConstraint("half_open_probes >= 0", name="half_open_probes"),
@@ -104,6 +113,12 @@ transitions = Table(
     Column("consecutive_failures", Integer, nullable=False),
     Column("reason", Text, nullable=True),
     Column("actor", String(MAX_ACTOR_LENGTH), nullable=False),
+    # Why, beyond the reason's words (NULL where it does not apply, and before revision 0004):
+    Column("generation", BigInteger, nullable=True),  # the circuit's, after this transition
+    Column("error_type", String(MAX_ERROR_TYPE_LENGTH), nullable=True),  # a counted error's
+    Column("status_code", Integer, nullable=True),  # its HTTP status
+    Column("retry_after_s", Float, nullable=True),  # the Retry-After a trip applied (capped)
+    Column("open_until", UTCDateTime, nullable=True),  # the end of the hold it set
     CheckConstraint(f"from_state IN ({_STATE_VALUES})", name="from_state"),
     CheckConstraint(f"to_state IN ({_STATE_VALUES})", name="to_state"),
     Index("ix_durable_breaker_transition_key", "namespace", "key", "id"),

@@ -10,6 +10,10 @@
   for its other states. For a `CircuitBreaker` it is read from the database at each scrape
   (every process's changes, one query); for an `AsyncCircuitBreaker`, which cannot be read
   from a synchronous scrape, it is the state of the last transition this process made.
+- `durable_breaker_retry_after_seconds{namespace,key}` (`CircuitBreaker` only): seconds until
+  each stored key's circuit next admits a call (0 when it admits now), computed with the
+  settings stored with it, so that it agrees with `durable-breaker status`; a key whose wait
+  is unknown (only a probe's result can end it) is left out.
 - `durable_breaker_transitions_total{namespace,key,from_state,to_state}`: transitions this
   process committed.
 - `durable_breaker_rejections_total{namespace,key,state}`: calls this process rejected.
@@ -78,23 +82,39 @@ class BreakerMetrics(Collector):
     def _count_rejection(self, key: str, state: CircuitState) -> None:
         self._rejections.labels(self._namespace, key, state.value).inc()
 
-    def _states(self) -> dict[str, CircuitState]:
+    def _read(self) -> tuple[dict[str, CircuitState], dict[str, float]]:
+        """Each key's state and known wait: read now (a CircuitBreaker), else what this
+        process last saw (no waits)."""
         if isinstance(self._breaker, CircuitBreaker):
             try:
-                return {status.key: status.state for status in self._breaker.status()}
+                rows = self._breaker.status()
             except DurableBreakerError:
                 pass  # the database is unavailable, or the breaker closed: what we last saw
-        return dict(self._last_states)
+            else:
+                states = {status.key: status.state for status in rows}
+                waits = {s.key: s.retry_after for s in rows if s.retry_after is not None}
+                return states, waits
+        return dict(self._last_states), {}
 
     def collect(self) -> Iterator[Metric]:
-        """The state gauge (read now) and the counters."""
+        """The state and wait gauges (read now) and the counters."""
+        states, waits = self._read()
         gauge = GaugeMetricFamily(
             "durable_breaker_state",
             "1 for the current state of each circuit, 0 for its other states.",
             labels=["namespace", "key", "state"],
         )
-        for key, current in sorted(self._states().items()):
+        for key, current in sorted(states.items()):
             for state in CircuitState:
                 gauge.add_metric([self._namespace, key, state.value], float(state is current))
         yield gauge
+        if isinstance(self._breaker, CircuitBreaker):
+            wait = GaugeMetricFamily(
+                "durable_breaker_retry_after_seconds",
+                "Seconds until the circuit next admits a call, by its stored settings.",
+                labels=["namespace", "key"],
+            )
+            for key, seconds in sorted(waits.items()):
+                wait.add_metric([self._namespace, key], seconds)
+            yield wait
         yield from self._counters.collect()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 import os
 import queue
-import re
+import socket
 import subprocess
 import sys
 import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -95,7 +95,7 @@ def test_reset_needs_yes_and_is_audited_with_reason_and_actor(tripped: str) -> N
         assert breaker.state("gpt-4o") is CircuitState.CLOSED
         last = breaker.history("gpt-4o")[-1]
     assert (last.trigger, last.reason) == ("reset", "provider fixed")
-    assert last.actor.endswith(f":{os.getpid()}")
+    assert last.actor == f"{getpass.getuser()}@{socket.gethostname()}"  # a person, not a pid
 
 
 @pytest.mark.parametrize("command", [["history", "nope"], ["reset", "nope", "--yes"]])
@@ -191,21 +191,6 @@ def test_an_unexpected_error_is_still_one_line(monkeypatch: pytest.MonkeyPatch) 
     ]
 
 
-def test_status_text_shows_since_and_retry_after_with_the_breakers_settings(
-    tripped: str,
-) -> None:
-    # The trip was stamped by a fake clock in 2023; the CLI reads real time, so only a
-    # cooldown longer than the gap leaves a wait to show.
-    code, out, _ = cli("--url", tripped, "status", "--cooldown", "300000000")
-    assert code == 0
-    [line] = [line for line in out.splitlines() if line.startswith("gpt-4o")]
-    assert re.search(r" 2023-11-14 22:13:20\.000000Z ", line)  # since the trip
-    gap = time.time() - FakeClock().now
-    assert float(line.split()[-1].rstrip("s")) == pytest.approx(300_000_000 - gap, abs=60)
-    [line] = [line for line in out.splitlines() if line.startswith("claude")]
-    assert line.split()[-2:] == ["-", "-"]  # closed, never changed state
-
-
 def test_the_script_ends_quietly_when_its_reader_goes_away(tripped: str) -> None:
     script = Path(sys.executable).parent / "durable-breaker"
     reader = subprocess.Popen(
@@ -247,22 +232,6 @@ def test_under_ci_an_unreachable_postgres_fails_the_run(tmp_path: Path) -> None:
     assert "PostgreSQL at DURABLE_BREAKER_TEST_POSTGRES_URL is unreachable" in done.stdout
 
 
-@pytest.mark.parametrize(
-    "flags", [["--cooldown", "nan"], ["--cooldown", "-1"], ["--probe-timeout", "abc"]]
-)
-def test_bad_status_settings_are_usage_errors(tripped: str, flags: list[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        cli("--url", tripped, "status", *flags)
-    assert exited.value.code == 2
-
-
-def test_status_accepts_settings_without_a_probe_timeout(tripped: str) -> None:
-    code, out, _ = cli(
-        "--url", tripped, "status", "--probe-timeout", "none", "--half-open-max", "3", "--json"
-    )
-    assert code == 0 and {row["key"] for row in json.loads(out)} == {"gpt-4o", "claude"}
-
-
 def _lines_of(process: subprocess.Popen[str]) -> queue.Queue[str]:
     """`process`'s output lines as they come, read by a thread (a read never blocks a test)."""
     lines: queue.Queue[str] = queue.Queue()
@@ -293,6 +262,7 @@ def test_history_follow_tails_every_process_until_interrupted(db_url: str) -> No
         )
         try:
             output = _lines_of(follower)
+            assert output.get(timeout=20).startswith("KEY: AT (UTC)")  # the header
             first = output.get(timeout=20)
             assert first.startswith("old: ") and "-> open" in first
             breaker.record_failure("new", reason="HTTP 503")

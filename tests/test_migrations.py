@@ -317,7 +317,10 @@ def test_a_database_made_by_revision_0003_upgrades_with_its_data_intact(tmp_path
         after_trail = connection.execute(select_trail).all()
     engine.dispose()
     assert len(before_rows) == 5 and len(before_trail) == 5
-    for before, after in [*zip(before_rows, after_rows), *zip(before_trail, after_trail)]:
+    for before, after in [
+        *zip(before_rows, after_rows, strict=True),
+        *zip(before_trail, after_trail, strict=True),
+    ]:
         assert {c: after._mapping[c] for c in before._fields} == dict(before._mapping)
     new_circuit = ("failure_threshold", "cooldown_s", "half_open_max", "probe_timeout_s")
     new_transition = ("generation", "error_type", "status_code", "retry_after_s", "open_until")

@@ -650,7 +650,11 @@ def test_writes_bound_their_lock_wait_and_migrations_do_not(pg_url: str) -> None
         with recorded_statements(engine) as statements, CircuitBreaker(engine, TRIP_AT_2) as b:
             b.record_failure("k")  # written on the raw driver: no SQLAlchemy transaction
             b.reset("k")  # a locked transaction
-        locks = [s for s in statements if "_timeout" in s or "advisory" in s]
+        locks = [
+            s
+            for s in statements
+            if s.startswith(("SELECT pg_catalog.set_config", "SET LOCAL", "SELECT pg_advisory"))
+        ]
         bounded = (  # SET LOCAL, for each: in one statement
             "SELECT pg_catalog.set_config('lock_timeout', '5000', true), "
             "pg_catalog.set_config('statement_timeout', '5000', true), "
@@ -813,10 +817,13 @@ def test_an_interrupted_sqlite_write_leaves_no_lock_behind(tmp_path: Any) -> Non
         change = Change(
             "default",
             "k",
-            ("open", 2, 0, now, None, None, 1),
+            ("open", 2, 0, now, None, None, 1, 2, 30.0, 1, 30.0, "me"),
             now,
             version,
-            ("default", "k", "closed", "open", "failure", now, 2, Interrupts(), "me"),
+            (
+                *("default", "k", "closed", "open", "failure", now, 2, Interrupts(), "me"),
+                *(1, None, None, None, None),
+            ),
         )
         with pytest.raises(KeyboardInterrupt):
             breaker._store._raw.write(change)
@@ -867,7 +874,7 @@ def test_sqlite_rereads_a_row_only_when_another_connection_has_committed(
         # Another process trips it (the CLI, committing through its own connection).
         script = Path(sys.executable).parent / "durable-breaker"
         done = subprocess.run(
-            [str(script), "--url", url, "open", "gpt-4o", "--yes"],
+            [str(script), "--url", url, "open", "gpt-4o", "--yes", "--new"],
             capture_output=True,
             text=True,
             timeout=120,

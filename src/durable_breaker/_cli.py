@@ -108,7 +108,7 @@ def _next_call(s: KeyStatus) -> str:
 def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args) as breaker:
         rows = breaker.status(args.keys or None, states=args.state)
-        now = datetime.now(UTC)
+        now = breaker._now()  # (the breaker's clock: the one its waits were computed with)
     if args.json:
         json.dump([_status_dict(s, now) for s in rows], out, indent=2)
         print(file=out)
@@ -288,7 +288,7 @@ def _cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     age = duration(args.older_than.total_seconds())
     where = f"namespace {args.namespace!r}"
     with _open(args) as breaker:
-        now = datetime.now(UTC)
+        now = breaker._now()
         cutoff = now - args.older_than
         if args.dry_run:
             doomed = breaker.prunable(args.older_than)

@@ -11,7 +11,7 @@ from typing import Any
 from ._common import retry_after_by
 from ._state import CircuitState, Policy, StoredCircuit, Transition
 
-_UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))  # (weeks read as days: 30d)
 
 # Why a circuit does not admit a call now (Explanation.waiting_for).
 COOLDOWN = "cooldown"
@@ -21,19 +21,19 @@ PROBE_IN_FLIGHT = "probe_in_flight"
 
 
 def duration(seconds: float) -> str:
-    """`seconds` as people write it, to two units: 0.4s, 27s, 3m20s, 1h30m, 2d4h, 1w."""
+    """`seconds` as people write it, in its largest unit and the next: 0.4s, 27s, 2m, 3m20s,
+    1h30m, 30d (weeks are written as days)."""
     seconds = abs(seconds)
     if seconds < 10 and seconds != int(seconds):
         return f"{seconds:.1f}s"
     whole = round(seconds)
-    parts: list[str] = []
-    for unit, size in _UNITS:
-        if whole >= size or (unit == "s" and not parts):
-            parts.append(f"{whole // size}{unit}")
-            whole %= size
-        if len(parts) == 2 or (parts and whole == 0):
-            break
-    return "".join(parts)
+    first = next(i for i, (_, size) in enumerate(_UNITS) if whole >= size or size == 1)
+    (unit, size), *rest = _UNITS[first : first + 2]
+    text = f"{whole // size}{unit}"
+    for unit, smaller in rest:
+        if whole % size // smaller:
+            text += f"{whole % size // smaller}{unit}"
+    return text
 
 
 def relative(moment: datetime | None, now: datetime) -> str:

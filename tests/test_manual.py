@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -102,18 +103,20 @@ def test_cli_open_disable_reset_and_status(db_url: str) -> None:
     assert cli("--url", db_url, "migrate")[0] == 0
     code, _, err = cli("--url", db_url, "open", "gpt-4o")
     assert code == 1 and "--yes" in err
-    code, out, _ = cli("--url", db_url, "open", "gpt-4o", "--yes", "--reason", "incident")
+    code, _, err = cli("--url", db_url, "open", "gpt-4o", "--yes")
+    assert code == 1 and "--new" in err  # no process has stored it: a typo?
+    code, out, _ = cli("--url", db_url, "open", "gpt-4o", "--yes", "--new", "--reason", "incident")
     assert code == 0 and "forced 'gpt-4o' open until reset" in out
-    code, out, _ = cli("--url", db_url, "open", "claude", "--for", "15m", "--yes")
+    code, out, _ = cli("--url", db_url, "open", "claude", "--for", "15m", "--yes", "--new")
     assert code == 0 and "open until 20" in out
     with pytest.raises(SystemExit):  # argparse: usage and the message on stderr
         cli("--url", db_url, "open", "claude", "--for", "soon", "--yes")
-    code, out, _ = cli("--url", db_url, "disable", "mistral", "--yes")
+    code, out, _ = cli("--url", db_url, "disable", "mistral", "--yes", "--new")
     assert code == 0 and "disabled 'mistral'" in out
     code, out, _ = cli("--url", db_url, "status")
-    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
-    assert "forced_open" in lines["gpt-4o"] and lines["gpt-4o"].endswith("until reset")
-    assert "forced_open" in lines["claude"] and lines["claude"].endswith("s")
+    lines = {line.split()[0]: line for line in out.splitlines()[1:4]}
+    assert "forced_open" in lines["gpt-4o"] and " until reset " in lines["gpt-4o"]
+    assert "forced_open" in lines["claude"] and re.search(r" in 1[45]m(\d+s)? ", lines["claude"])
     assert "disabled" in lines["mistral"]
     code, out, _ = cli("--url", db_url, "reset", "gpt-4o", "--yes")
     assert code == 0

@@ -87,18 +87,19 @@ def test_cli_prune_reports_what_it_removed(
     clock.advance(31 * DAY)
     out = io.StringIO()
     # The CLI reads the real clock, which is years past the fake clock's start.
-    assert run(["--url", db_url, "prune", "--older-than", "30d", "--batch-size", "1"], out) == 0
-    assert out.getvalue().startswith("removed 2 transitions older than 30 days, 0:00:00 ")
+    argv = ["--url", db_url, "prune", "--older-than", "30d", "--batch-size", "1", "--yes"]
+    assert run(argv, out) == 0
+    assert out.getvalue().startswith("removed 2 transitions older than 30d (before ")
     assert "from namespace 'default' (the latest of every key is kept)" in out.getvalue()
     assert len(breaker.history("gpt-4o")) == 1
 
 
-@pytest.mark.parametrize("age", ["30", "30x", "-1d", "d", "1.5h", "99999999d"])
+@pytest.mark.parametrize("age", ["30x", "-1d", "d", "1h-5m", "99999999d"])
 def test_cli_prune_refuses_an_unreadable_age(age: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        run(["prune", f"--older-than={age}"])
+        run(["prune", f"--older-than={age}", "--yes"])
     assert exit_.value.code == 2
-    assert "expected a whole number and a unit s, m, h, d or w" in capsys.readouterr().err
+    assert "argument --older-than: expected a duration" in capsys.readouterr().err
 
 
 def test_an_age_older_than_any_date_removes_nothing(
@@ -108,6 +109,6 @@ def test_an_age_older_than_any_date_removes_nothing(
     _cycle(breaker, "k", clock)
     assert breaker.prune(timedelta(days=10**6)) == 0
     out = io.StringIO()
-    assert run(["--url", db_url, "prune", "--older-than", "9999999d"], out) == 0
-    assert out.getvalue().startswith("removed 0 transitions older than 9999999 days")
+    assert run(["--url", db_url, "prune", "--older-than", "3660d", "--yes"], out) == 0
+    assert out.getvalue().startswith("removed 0 transitions older than 3660d")
     assert len(breaker.history("k")) == 3

@@ -375,6 +375,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             seen = history
             clock.now += DEMO_STEP_S
         print(f"\n{DEMO_KEY} ends {breaker.state(DEMO_KEY).value}; its audit trail:", file=out)
+        print("  " + _HISTORY_HEADER, file=out)
         for t in breaker.history(DEMO_KEY):
             print("  " + _transition_line(t), file=out)
     print("\nrun `durable-breaker demo` again: it starts from the state this run left.", file=out)

@@ -215,6 +215,22 @@ def test_record_failure_takes_the_error_and_names_it(db_url: str, provider: Fake
     assert row.status_code == 529 and row.reason is not None and "Overloaded" in row.reason
 
 
+def test_a_late_permit_failure_is_audited_without_a_hold_it_never_set(db_url: str) -> None:
+    class Throttled(Exception):
+        status_code = 429
+        retry_after = 5.0
+
+    config = CircuitBreakerConfig(failure_threshold=1)
+    with CircuitBreaker(db_url, config) as breaker, CircuitBreaker(db_url, config) as other:
+        permit = breaker.acquire("gpt-4o")
+        other.record_failure("gpt-4o")  # trips meanwhile: the permit's generation is gone
+        permit.failed(error=Throttled("slow down"))
+        late = breaker.history("gpt-4o")[-1]
+    assert late.reason is not None and late.reason.startswith("late result")
+    assert (late.error_type, late.status_code) == ("tests.Throttled", 429)
+    assert (late.retry_after, late.open_until, late.generation) == (None, None, 1)
+
+
 def _readme_sql() -> str:
     """The README's query for "why was gpt-4o blocked at 03:12?"."""
     text = README.read_text(encoding="utf-8").split("Why was gpt-4o blocked at 03:12", 1)[1]

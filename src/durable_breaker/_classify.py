@@ -132,7 +132,7 @@ def error_type(error: BaseException) -> str:
     ("openai.RateLimitError", "httpx.ConnectTimeout"), or the class alone for a builtin."""
     cls = type(error)
     package = str(getattr(cls, "__module__", "")).partition(".")[0]
-    name = cls.__qualname__
+    name = cls.__name__  # (a class defined in a function keeps its short name)
     if package and package not in ("builtins", "__main__"):
         name = f"{package}.{name}"
     return storable_text(name)[:_MAX_TYPE]

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from transitions import Machine
 
 from ._config import CircuitBreakerConfig
-from ._state import Circuit, CircuitState
+from ._state import Cause, Circuit, CircuitState
 
 
 class Trigger(StrEnum):
@@ -342,6 +342,16 @@ def audit_reason(decision: Decision, config: CircuitBreakerConfig, given: str | 
         )
         return late if given is None else f"{late}; {given}"
     return given or describe(decision, config)
+
+
+def hold_applied(decision: Decision, cause: Cause) -> tuple[float | None, datetime | None]:
+    """What an audit row records of the hold `decision` set: the Retry-After (in seconds)
+    the caller asked for, and the end of the hold; neither for a late result, which held
+    nothing."""
+    if decision.guard == FENCED:
+        return None, None
+    asked = cause.retry_after
+    return (None if asked is None else asked.total_seconds()), decision.after.open_until
 
 
 def describe(decision: Decision, config: CircuitBreakerConfig) -> str | None:

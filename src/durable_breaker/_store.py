@@ -25,7 +25,7 @@ from ._config import CircuitBreakerConfig
 from ._engine import owns, write_transaction
 from ._errors import StoreUnavailableError, UnknownKeyError
 from ._faults import Fault, classify, translate_errors, with_retries
-from ._machine import FENCED, MANUAL, Decision, Hold, Trigger, audit_reason, decide
+from ._machine import MANUAL, Decision, Hold, Trigger, audit_reason, decide, hold_applied
 from ._raw import AUDIT_COLUMNS, Change, PostgresRaw, SqliteRaw, ThroughSqlAlchemy
 from ._state import NEW_CIRCUIT, Cause, Circuit, CircuitState, Policy, StoredCircuit, Transition
 from ._tables import circuits, transitions
@@ -260,8 +260,8 @@ class Statements:
         """The audit row of `decision`, or None when it is not audited."""
         if not decision.audited:
             return None
-        applied = decision.guard != FENCED  # a late result's Retry-After held nothing
         after = decision.after
+        retry_after_s, open_until = hold_applied(decision, cause)
         return {
             "namespace": self.namespace,
             "key": key,
@@ -275,12 +275,8 @@ class Statements:
             "generation": after.generation,
             "error_type": cause.error_type,
             "status_code": cause.status_code,
-            "retry_after_s": (
-                cause.retry_after.total_seconds()
-                if applied and cause.retry_after is not None
-                else None
-            ),
-            "open_until": after.open_until if applied else None,
+            "retry_after_s": retry_after_s,
+            "open_until": open_until,
         }
 
     @staticmethod

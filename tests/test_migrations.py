@@ -344,8 +344,9 @@ def test_a_database_made_by_revision_0003_upgrades_with_its_data_intact(tmp_path
         assert status["gpt-4o"].retry_after is None and status["mistral"].retry_after is None
         assert status["llama"].retry_after == 3600 - 36 + 34
         assert status["claude"].retry_after == 0
-        assert breaker.explain("gpt-4o").policy is None
-        assert "unknown" in str(breaker.explain("gpt-4o"))
+        explained = breaker.explain("gpt-4o")
+        assert explained.policy is None and explained.retry_after is None
+        assert "Retry-After hold and a cooldown end (no process has decided" in str(explained)
         assert [t.reason for t in breaker.history("gpt-4o")] == ["HTTP 429"]
         breaker.record_failure("mistral")  # the failed probe reopens it: now with a policy
         reopened = breaker.status(["mistral"])[0]

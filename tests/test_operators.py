@@ -184,7 +184,9 @@ def test_a_trip_by_a_real_sdk_error_is_audited_with_why(
         breaker.check("gpt-4o")
         *_, probing, reopened, again = breaker.history("gpt-4o")
     # A HalfOpen entry after a hold names the hold; after a cooldown, the cooldown.
-    assert probing.reason is not None and probing.reason.startswith("Retry-After hold of 2s ended")
+    assert probing.reason is not None and probing.reason.startswith(
+        "Retry-After hold ended (held until"
+    )
     assert probing.generation == 2 and probing.error_type is None
     assert (reopened.error_type, reopened.status_code, reopened.retry_after) == (
         "openai.InternalServerError",
@@ -337,7 +339,7 @@ def test_explain_names_the_trip_the_actor_and_the_commands(db_url: str) -> None:
         assert "opened " in out and "by app-a: HTTP 503" in out
         assert "2 consecutive failures counted (threshold 2)" in out
         assert re.search(r"admits a probe in (1m5\ds|2m) ", out)
-        assert "durable-breaker reset gpt-4o --yes" in out
+        assert "durable-breaker reset --yes gpt-4o" in out
         code, out, _ = entry("--url", db_url, "explain", "gpt-4o", "--json")
         explained = json.loads(out)
         assert code == 0 and explained["tripped"]["reason"] == "HTTP 503"
@@ -454,7 +456,25 @@ def test_every_duration_flag_takes_the_same_grammar(db_url: str, text: str, seco
     assert parsed.interval == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["1x", "h", "-5", "nan", "inf", "1h-30m", "", "5 m s"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1x",
+        "h",
+        "-5",
+        "nan",
+        "inf",
+        "1h-30m",
+        "",
+        "5 m s",
+        "1e3",
+        "1.",
+        "5m5m",
+        "1s1h",
+        "1M",
+        "1h30",
+    ],
+)
 @pytest.mark.parametrize(
     "flag", [["open", "k", "--yes", "--for"], ["prune", "--yes", "--older-than"]]
 )
@@ -555,17 +575,19 @@ def test_open_or_disable_of_a_key_no_process_stored_needs_new(
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_version_and_history_header(db_url: str, entry: Entry) -> None:
+def test_version_and_history_header(
+    db_url: str, entry: Entry, capsys: pytest.CaptureFixture[str]
+) -> None:
     import importlib.metadata
 
+    version = f"durable-breaker {importlib.metadata.version('durable-breaker')}"
     if entry is cli:
         with pytest.raises(SystemExit) as exited:
             cli("--version")
-        assert exited.value.code == 0
+        assert exited.value.code == 0 and capsys.readouterr().out.strip() == version
     else:
         code, out, _ = entry("--version")
-        assert code == 0
-        assert out.strip() == f"durable-breaker {importlib.metadata.version('durable-breaker')}"
+        assert code == 0 and out.strip() == version
     trip(db_url, "gpt-4o")
     code, out, _ = entry("--url", db_url, "history", "gpt-4o")
     header, row = out.splitlines()
@@ -598,17 +620,109 @@ def test_the_demo_says_its_clock_is_simulated_and_how_to_inspect_what_it_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DURABLE_BREAKER_URL", raising=False)
+    # The demo keeps off $DURABLE_BREAKER_URL; the commands it prints name its own database.
+    monkeypatch.setenv("DURABLE_BREAKER_URL", f"sqlite:///{tmp_path / 'production.db'}")
     code, out, _ = cli("demo")
     assert code == 0 and "the clock is simulated" in out
     commands = out.split("inspect what it left", 1)[1].splitlines()[1:]
+    where = "--url sqlite:///durable_breaker.db --namespace demo"
     assert [c.strip() for c in commands] == [
-        "durable-breaker --namespace demo status",
-        "durable-breaker --namespace demo explain gpt-4o",
-        "durable-breaker --namespace demo history gpt-4o",
+        f"durable-breaker {where} status",
+        f"durable-breaker {where} explain gpt-4o",
+        f"durable-breaker {where} history gpt-4o",
     ]
     for command in commands:
         argv = shlex.split(command)[1:]
         code, out, err = script(*argv) if "status" in argv else cli(*argv)
         assert code == 0, err
         assert len(out.splitlines()) >= 2 and "gpt-4o" in out + command
+
+
+# -- what the review found ------------------------------------------------------------------
+
+
+def test_an_error_whose_attributes_raise_still_counts_and_trips(db_url: str) -> None:
+    class Odd(Exception):
+        @property
+        def response(self) -> object:
+            raise RuntimeError("no response here")
+
+    config = CircuitBreakerConfig(failure_threshold=1, is_failure=lambda error: True)
+    with CircuitBreaker(db_url, config) as breaker:
+        with pytest.raises(Odd), breaker.guard("k"):
+            raise Odd("odd")
+        assert breaker.state("k") is CircuitState.OPEN
+        breaker.reset("k")
+        breaker.record_failure("k", error=Odd("odd"))
+        assert breaker.state("k") is CircuitState.OPEN
+        assert breaker.history("k")[-1].status_code is None
+
+
+def test_a_late_result_or_an_earlier_episode_is_never_given_as_the_cause(db_url: str) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=0))
+    with CircuitBreaker(db_url, config, actor="app") as breaker:
+        breaker.record_failure("old", reason="HTTP 503 old incident")
+        breaker.reset("old")
+        breaker.force_open("old", timedelta(microseconds=1), reason="maintenance")
+        time.sleep(0.01)
+        breaker.check("old")  # the operator's hold ended: probing, with no trip this episode
+        permit = breaker.acquire("m")
+        breaker.record_failure("m", reason="HTTP 503 real trip")
+        permit.failed(reason="late")  # fenced: audited, changes nothing
+        old, tripped = breaker.explain("old"), breaker.explain("m")
+        [status] = breaker.status(["m"])
+    assert old.state is CircuitState.HALF_OPEN and old.tripped is None
+    assert old.entered is not None and old.entered.reason == "forced open period ended"
+    assert "old incident" not in str(old)
+    assert tripped.tripped is not None and tripped.tripped.reason == "HTTP 503 real trip"
+    assert "late" not in str(tripped)
+    assert status.reason == "HTTP 503 real trip"
+
+
+def test_a_key_an_operator_created_is_not_counted_as_other_settings(db_url: str) -> None:
+    trip(db_url, "gpt-4o")
+    assert cli("--url", db_url, "disable", "new-model", "--new", "--yes")[0] == 0
+    code, out, _ = cli("--url", db_url, "status")
+    assert code == 0 and "new-model: unknown: no process has decided for it" in out
+    assert "different settings" not in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--namespace", "", "status"],
+        ["status", "--actor", "", "--json"],
+        ["--url", "", "status"],
+    ],
+)
+def test_an_empty_global_option_is_refused_not_replaced_by_the_default(
+    db_url: str, argv: list[str]
+) -> None:
+    trip(db_url, "gpt-4o")
+    code, out, err = cli(*(["--url", db_url] if "--url" not in argv else []), *argv)
+    assert code == 1 and out == "" and err.startswith("durable-breaker: error:")
+    with CircuitBreaker(db_url) as breaker:
+        assert breaker.state("gpt-4o") is CircuitState.OPEN
+
+
+def test_a_duration_in_capitals_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(["prune", "--older-than", "1M", "--yes"])  # a month? a minute? neither
+    assert exited.value.code == 2 and "expected a duration" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(["open", "k", "--yes", "--for", "1h30"])
+    assert "(did you mean 1h30m?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["gpt-4o", "-looks-like-an-option", "two words; rm -rf"])
+def test_the_commands_explain_suggests_run_as_printed(db_url: str, key: str) -> None:
+    trip(db_url, key)
+    with CircuitBreaker(db_url) as breaker:
+        commands = breaker.explain(key).commands
+    assert len(commands) == 4  # reset, open, disable, history
+    for command in commands:
+        argv = shlex.split(command.split("    #", 1)[0])[1:]
+        code, _, err = cli("--url", db_url, *argv)
+        assert code == 0, (command, err)
+    with CircuitBreaker(db_url) as breaker:
+        assert [t.trigger for t in breaker.history(key)][-3:] == ["reset", "force_open", "disable"]

@@ -16,14 +16,22 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TextIO
+from typing import Any, TextIO
 
 from ._breaker import CircuitBreaker
 from ._common import KeyStatus
 from ._config import CircuitBreakerConfig
 from ._engine import DEFAULT_URL, make_engine
 from ._errors import CircuitOpenError, DurableBreakerError, InvalidArgumentError, UnknownKeyError
-from ._explain import clock_time, duration, policy_dict, relative, settings_words, transition_dict
+from ._explain import (
+    UNKNOWN_SETTINGS,
+    clock_time,
+    duration,
+    policy_dict,
+    relative,
+    settings_words,
+    transition_dict,
+)
 from ._machine import mermaid
 from ._migrations import upgrade
 from ._state import CircuitState, Transition
@@ -44,7 +52,8 @@ def _transition_line(t: Transition) -> str:
     if t.retry_after is not None:
         why.append(f"Retry-After {duration(t.retry_after)}")
     if t.open_until is not None:
-        why.append(f"held until {t.open_until:%H:%M:%S}")
+        day = "" if t.open_until.date() == t.at.date() else "%Y-%m-%d "
+        why.append(f"held until {t.open_until.strftime(day + '%H:%M:%S')}")
     detail = f"  [{'; '.join(why)}]" if why else ""
     return (
         f"{t.at:%Y-%m-%d %H:%M:%S}  {t.from_state.value:>11} -> {t.to_state.value:<11}  "
@@ -157,15 +166,15 @@ def _print_policies(rows: list[KeyStatus], out: TextIO) -> None:
             groups.setdefault(f"{settings_words(s.policy)} (by {s.policy.set_by})", []).append(
                 s.key
             )
+    distinct = {words.rsplit(" (by ", 1)[0] for words in groups}
     unknown = [s.key for s in rows if s.policy is None]
     if unknown:
-        groups["unknown: stored before the schema kept settings"] = unknown
+        groups[f"unknown: {UNKNOWN_SETTINGS}"] = unknown
     if not groups:
         return
     print("\nsettings of the last process that decided for each key:", file=out)
     for words, keys in groups.items():
         print(f"  {', '.join(keys)}: {words}", file=out)
-    distinct = {words.rsplit(" (by ", 1)[0] for words in groups}
     if len(distinct) > 1:
         print("  (these keys are decided with different settings)", file=out)
 
@@ -329,7 +338,9 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     )
     # Simulated time, so the demo never sleeps: a fresh run ends about now.
     clock = _DemoClock(time.time() - DEMO_CALLS * DEMO_STEP_S)
-    with CircuitBreaker(args.url, config, clock=clock, namespace=args.namespace) as breaker:
+    with CircuitBreaker(
+        args.url, config, clock=clock, namespace=args.namespace, actor=args.actor
+    ) as breaker:
         seen = breaker.history(DEMO_KEY)
         if seen:  # resume after the last stored change, even if it was on a simulated future
             clock.now = max(clock.now, seen[-1].at.timestamp() + DEMO_STEP_S)
@@ -379,9 +390,10 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         for t in breaker.history(DEMO_KEY):
             print("  " + _transition_line(t), file=out)
     print("\nrun `durable-breaker demo` again: it starts from the state this run left.", file=out)
-    where = "" if args.url == DEFAULT_URL else f" --url {shlex.quote(safe_url(args.url))}"
-    where += f" --namespace {shlex.quote(args.namespace)}"
-    print("inspect what it left (times are on the simulated clock):", file=out)
+    shown = safe_url(args.url)
+    where = f" --url {shlex.quote(shown)} --namespace {shlex.quote(args.namespace)}"
+    masked = " (put the password back in the URL)" if shown != str(args.url) else ""
+    print(f"inspect what it left (times are on the simulated clock){masked}:", file=out)
     for command in ("status", f"explain {DEMO_KEY}", f"history {DEMO_KEY}"):
         print(f"  durable-breaker{where} {command}", file=out)
     return 0
@@ -396,22 +408,28 @@ class _DemoClock:
 
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|[smhdw])")
+_NUMBER = r"\d+(?:\.\d+)?"
+_PART = rf"({_NUMBER})(ms|[smhdw])"
+_PARTS = re.compile(rf"(?:{_PART}\s*)+", re.ASCII)
+_MISSING_UNIT = re.compile(rf"(?:{_PART})+\d+", re.ASCII)  # 1h30
 _LONGEST = timedelta(days=3660)
 
 
 def _duration(text: str) -> timedelta:
-    """A duration as people write it: 90 (seconds), 90s, 1.5h, 1h30m, 2d, 1w, 250ms."""
-    spaced = text.strip().lower()
-    try:
-        seconds = float(spaced)  # a bare number: seconds
-    except ValueError:
-        parts = _PART.findall(spaced)
-        if not parts or "".join(number + unit for number, unit in parts) != spaced.replace(" ", ""):
-            raise argparse.ArgumentTypeError(
-                f"expected a duration such as 90, 90s, 1.5h, 1h30m, 2d or 1w, got {text!r}"
-            ) from None
+    """A duration as people write it: 90 (seconds), 90s, 1.5h, 1h30m, 2d, 1w, 250ms; parts
+    from the largest unit down, each once. Case matters: 1M is neither a month nor a minute."""
+    written = text.strip()
+    parts = re.findall(_PART, written, re.ASCII)
+    sizes = [_UNITS[unit] for _, unit in parts]
+    if re.fullmatch(_NUMBER, written, re.ASCII):
+        seconds = float(written)  # a bare number: seconds
+    elif _PARTS.fullmatch(written) and sizes == sorted(set(sizes), reverse=True):
         seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    else:
+        hint = f" (did you mean {written}m?)" if _MISSING_UNIT.fullmatch(written) else ""
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 90, 90s, 1.5h, 1h30m, 2d or 1w, got {text!r}{hint}"
+        )
     if not 0 <= seconds <= _LONGEST.total_seconds():  # also refuses nan, inf, and -5
         raise argparse.ArgumentTypeError(
             f"expected a duration from 0 to {_LONGEST.days}d, got {text!r}"
@@ -617,17 +635,17 @@ def run(
     out = out or sys.stdout
     err = err or sys.stderr
     args = _parser().parse_args(argv)
-    url, namespace = getattr(args, "url", None), getattr(args, "namespace", None)
+    # (An empty option is kept, and refused with the others' checks: `--namespace "$NS"`
+    # with NS unset must not act on the default namespace.)
     if args.command == "demo":
         # The demo trips gpt-4o on a simulated clock: keep it off real breakers unless asked.
-        args.url = url or DEFAULT_URL
-        args.namespace = namespace or "demo"
+        args.url = _given(args, "url", None, DEFAULT_URL)
+        args.namespace = _given(args, "namespace", None, "demo")
     else:
-        args.url = url or os.environ.get("DURABLE_BREAKER_URL") or DEFAULT_URL
-        args.namespace = namespace or os.environ.get("DURABLE_BREAKER_NAMESPACE") or "default"
-    args.actor = (
-        getattr(args, "actor", None) or os.environ.get("DURABLE_BREAKER_ACTOR") or _person()
-    )
+        args.url = _given(args, "url", "DURABLE_BREAKER_URL", DEFAULT_URL)
+        args.namespace = _given(args, "namespace", "DURABLE_BREAKER_NAMESPACE", "default")
+    actor = _given(args, "actor", "DURABLE_BREAKER_ACTOR", None)
+    args.actor = _person() if actor is None else actor
     try:
         return _COMMANDS[args.command](args, out)
     except DurableBreakerError as error:
@@ -647,6 +665,14 @@ def run(
             file=err,
         )
         return 70
+
+
+def _given(args: argparse.Namespace, option: str, variable: str | None, default: str | None) -> Any:
+    """A global option's value: the flag's, else the environment variable's, else `default`."""
+    value = getattr(args, option, None)
+    if value is None and variable is not None:
+        value = os.environ.get(variable)
+    return default if value is None else value
 
 
 def _person() -> str:

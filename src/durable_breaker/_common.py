@@ -47,6 +47,16 @@ class KeyStatus:
     policy: Policy | None = None  # the settings in force, and who stored them
 
 
+def _type_and_status(error: BaseException) -> tuple[str | None, int | None]:
+    """An error's type name and HTTP status for the audit trail; (None, None) when reading
+    them fails: an odd error object must not keep its failure from counting."""
+    try:
+        return error_type(error), status_code(error)
+    except Exception:
+        _log.exception("could not read the type or status of %r; not audited", error)
+        return None, None
+
+
 def config_of(policy: Policy) -> CircuitBreakerConfig:
     """A config deciding as `policy` does (its other settings: the defaults)."""
     return _configs(
@@ -70,7 +80,10 @@ def retry_after_by(circuit: Circuit, now: datetime, policy: Policy | None) -> fl
     """Seconds until `circuit` could admit a call at `now` under `policy`; without one (a
     row from before policies were stored), only what needs no settings is known."""
     if policy is not None:
-        return retry_after(circuit, now, config_of(policy))
+        try:
+            return retry_after(circuit, now, config_of(policy))
+        except InvalidArgumentError:  # settings edited by hand out of range: unknown
+            return None
     if circuit.state in (CircuitState.CLOSED, CircuitState.DISABLED):
         return 0.0
     if circuit.state is CircuitState.FORCED_OPEN and circuit.open_until is not None:
@@ -278,7 +291,7 @@ class BreakerBase:
         check_reason(reason)
         if trigger is not Trigger.FAILURE or error is None:
             return Cause(reason)
-        return Cause(reason, error_type(error), status_code(error), self._hold_of(error))
+        return Cause(reason, *_type_and_status(error), self._hold_of(error))
 
     def _failure_cause(self, reason: str | None, retry_after: object, error: object) -> Cause:
         """`record_failure`'s cause: what the caller said, completed from `error`."""
@@ -290,8 +303,7 @@ class BreakerBase:
             raise InvalidArgumentError(f"error must be None or an exception, got {error!r:.80}")
         return Cause(
             reason_of(error) if reason is None else reason,
-            error_type(error),
-            status_code(error),
+            *_type_and_status(error),
             self._hold_of(error) if wait is None else wait,
         )
 

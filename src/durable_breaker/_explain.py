@@ -18,6 +18,8 @@ COOLDOWN = "cooldown"
 RETRY_AFTER_HOLD = "retry_after_hold"
 FORCED_OPEN = "forced_open"
 PROBE_IN_FLIGHT = "probe_in_flight"
+# A circuit with no stored policy: created by an operator, or last written before 0004.
+UNKNOWN_SETTINGS = "no process has decided for it since the settings were stored"
 
 
 def duration(seconds: float) -> str:
@@ -139,7 +141,7 @@ class Explanation:
             lines.append(f"  settings  {settings_words(self.policy)}")
             lines.append(f"            (of the last process that decided: {self.policy.set_by})")
         elif self.stored:
-            lines.append("  settings  unknown: stored before the schema kept them")
+            lines.append(f"  settings  {UNKNOWN_SETTINGS}")
         for i, command in enumerate(self.commands):
             lines.append(f"  {'change' if i == 0 else '':<8}  {command}")
         return lines
@@ -202,6 +204,11 @@ class Explanation:
                 return "admits nothing until an operator resets it"
             return f"admits a probe{when}, when the operator's hold ends"
         if self.waiting_for == RETRY_AFTER_HOLD:
+            if admits_at is None:
+                return (
+                    "admits a probe once the provider's Retry-After hold and a cooldown "
+                    f"end ({UNKNOWN_SETTINGS})"
+                )
             return f"admits a probe{when}, when the provider's Retry-After hold ends"
         if self.waiting_for == COOLDOWN:
             cooldown = "" if policy is None else f" of {duration(policy.cooldown.total_seconds())}"
@@ -211,7 +218,7 @@ class Explanation:
             if admits_at is None:
                 return f"{probes}: waits for a result (no probe timeout)"
             return f"{probes}: waits for a result, or renews the probe{when}"
-        return "unknown: the settings in force were not stored"
+        return f"unknown: {UNKNOWN_SETTINGS}"
 
 
 def policy_dict(policy: Policy) -> dict[str, Any]:
@@ -272,10 +279,17 @@ def explain(
     circuit, policy = stored.circuit, stored.policy
     state = circuit.state
     wait = retry_after_by(circuit, now, policy)
-    entered = history[-1] if history and history[-1].to_state is state else None
+    changes = [t for t in history if not _late(t)]
+    entered = changes[-1] if changes and changes[-1].to_state is state else None
     tripped = None
     if state in (CircuitState.OPEN, CircuitState.HALF_OPEN):
-        tripped = next((t for t in reversed(history) if t.to_state is CircuitState.OPEN), None)
+        # The failure that opened this episode: none if it began with an operator's hold.
+        for t in reversed(changes):
+            if t.to_state is CircuitState.OPEN:
+                tripped = t
+                break
+            if t.to_state not in (CircuitState.OPEN, CircuitState.HALF_OPEN):
+                break
         if entered is not None and entered.to_state is CircuitState.OPEN:
             entered = tripped
     return Explanation(
@@ -296,34 +310,45 @@ def explain(
     )
 
 
+def _late(t: Transition) -> bool:
+    """A fenced late outcome: audited, but it changed nothing (see `_store.late_result`)."""
+    return t.trigger in ("success", "failure") and t.from_state is t.to_state
+
+
 def _waiting_for(stored: StoredCircuit, now: datetime) -> str | None:
+    """Why the circuit does not admit a call now (None: unknown without a stored policy)."""
     circuit, policy = stored.circuit, stored.policy
     if circuit.state is CircuitState.FORCED_OPEN:
         return FORCED_OPEN
     if circuit.state is CircuitState.HALF_OPEN:
-        return PROBE_IN_FLIGHT
+        return PROBE_IN_FLIGHT if policy is not None else None
     if circuit.state is not CircuitState.OPEN:
         return None
     hold = circuit.open_until
-    if hold is not None and (
-        policy is None
-        or circuit.last_failure_at is None
-        or hold > circuit.last_failure_at + policy.cooldown
+    if (
+        hold is not None
+        and hold > now
+        and (
+            policy is None
+            or circuit.last_failure_at is None
+            or hold > circuit.last_failure_at + policy.cooldown
+        )
     ):
         return RETRY_AFTER_HOLD
     return COOLDOWN if policy is not None else None
 
 
 def _commands(key: str, namespace: str, state: CircuitState) -> tuple[str, ...]:
-    quoted = shlex.quote(key)
-    if namespace != "default":
-        quoted = f"{quoted} --namespace {shlex.quote(namespace)}"
+    """The CLI commands that change (or show) the circuit, ready to paste."""
+    where = "" if namespace == "default" else f" --namespace {shlex.quote(namespace)}"
+    # The key last, after `--` if it could pass for an option.
+    target = f"{'-- ' if key.startswith('-') else ''}{shlex.quote(key)}"
     commands = []
     if state is not CircuitState.CLOSED:
-        commands.append(f"durable-breaker reset {quoted} --yes    # close it now")
+        commands.append(f"durable-breaker reset{where} --yes {target}    # close it now")
     if state is not CircuitState.FORCED_OPEN:
-        commands.append(f"durable-breaker open {quoted} --for 1h --yes    # reject every call")
+        commands.append(f"durable-breaker open{where} --for 1h --yes {target}    # reject calls")
     if state is not CircuitState.DISABLED:
-        commands.append(f"durable-breaker disable {quoted} --yes    # admit every call")
-    commands.append(f"durable-breaker history {quoted}    # every transition")
+        commands.append(f"durable-breaker disable{where} --yes {target}    # admit every call")
+    commands.append(f"durable-breaker history{where} {target}    # every transition")
     return tuple(commands)

@@ -350,8 +350,10 @@ def hold_applied(decision: Decision, cause: Cause) -> tuple[float | None, dateti
     nothing."""
     if decision.guard == FENCED:
         return None, None
+    after = decision.after
     asked = cause.retry_after
-    return (None if asked is None else asked.total_seconds()), decision.after.open_until
+    held = after.state is CircuitState.OPEN or after.state is CircuitState.FORCED_OPEN
+    return (None if asked is None else asked.total_seconds()), (after.open_until if held else None)
 
 
 def describe(decision: Decision, config: CircuitBreakerConfig) -> str | None:
@@ -363,8 +365,7 @@ def describe(decision: Decision, config: CircuitBreakerConfig) -> str | None:
         tripped, held_until = before.last_failure_at, before.open_until
         if held_until is not None and (tripped is None or held_until > tripped + config.cooldown):
             # The trip's Retry-After outlasted the cooldown: the hold is what ended.
-            length = "" if tripped is None else f" of {(held_until - tripped).total_seconds():g}s"
-            return f"Retry-After hold{length} ended (held until {held_until:%H:%M:%S}Z)"
+            return f"Retry-After hold ended (held until {held_until:%Y-%m-%d %H:%M:%S}Z)"
         return f"cooldown of {config.cooldown.total_seconds():g}s elapsed"
     if decision.guard == "probe_timed_out":
         assert config.probe_timeout is not None

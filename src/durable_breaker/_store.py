@@ -15,6 +15,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    not_,
     or_,
     select,
     update,
@@ -50,6 +51,15 @@ _POLICY_COLUMNS = (
     circuits.c.probe_timeout_s,
     circuits.c.policy_by,
 )
+
+
+def late_result(table: Any) -> Any:
+    """An audit row of a fenced late outcome: a success or failure that left the state as it
+    was (every other success or failure row changes the state)."""
+    return and_(
+        table.c.trigger.in_([Trigger.SUCCESS.value, Trigger.FAILURE.value]),
+        table.c.from_state == table.c.to_state,
+    )
 
 
 def policy_values(config: CircuitBreakerConfig, actor: str) -> tuple[Any, ...]:
@@ -158,12 +168,14 @@ class Statements:
     ) -> Any:
         """The namespace's stored circuits (only `keys`, only in `states`, when given) with
         their policy and latest transition, ordered by key."""
-        # The latest transition of each key, through the (namespace, key, id) index.
+        # The latest transition of each key that put it in a state (not a late permit
+        # result, audited but changing nothing), through the (namespace, key, id) index.
         latest_id = (
             select(transitions.c.id)
             .where(
                 transitions.c.namespace == circuits.c.namespace,
                 transitions.c.key == circuits.c.key,
+                not_(late_result(transitions)),
             )
             .order_by(transitions.c.id.desc())
             .limit(1)

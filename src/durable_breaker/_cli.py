@@ -242,35 +242,37 @@ def _confirmed(args: argparse.Namespace, effect: str) -> None:
 def _cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
     _confirmed(args, "closes the circuit of")
     with _open(args) as breaker:
-        try:
-            done = breaker.reset(args.key, reason=args.reason)
-        except UnknownKeyError:
-            raise UnknownKeyError(_unknown(breaker, args.key)) from None
+        done = _on_stored_key(
+            breaker, args.key, lambda: breaker.reset(args.key, reason=args.reason)
+        )
     print(f"reset {args.key!r}:\n{_HISTORY_HEADER}\n{_transition_line(done)}", file=out)
     return 0
 
 
-def _new_key(
-    breaker: CircuitBreaker, args: argparse.Namespace, change: Callable[[], Transition]
+_NEW = "check the spelling, or add --new to create its circuit"
+
+
+def _on_stored_key(
+    breaker: CircuitBreaker, key: str, change: Callable[[], Transition], fix: str = ""
 ) -> Transition:
-    """`change`, refused for a key no process has stored unless --new says it is meant."""
+    """`change` of a stored key; refused for one no process has stored, naming the stored
+    keys it may be a misspelling of (and `fix`)."""
     try:
         return change()
     except UnknownKeyError:
-        raise UnknownKeyError(
-            _unknown(breaker, args.key, "check the spelling, or add --new to create its circuit")
-        ) from None
+        raise UnknownKeyError(_unknown(breaker, key, fix)) from None
 
 
 def _cmd_open(args: argparse.Namespace, out: TextIO) -> int:
     _confirmed(args, "rejects every call to")
     with _open(args) as breaker:
-        done = _new_key(
+        done = _on_stored_key(
             breaker,
-            args,
+            args.key,
             lambda: breaker.force_open(
                 args.key, args.for_, reason=args.reason, must_exist=not args.new
             ),
+            _NEW,
         )
     held = "until reset" if done.open_until is None else f"until {clock_time(done.open_until)}"
     print(
@@ -282,10 +284,11 @@ def _cmd_open(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_disable(args: argparse.Namespace, out: TextIO) -> int:
     _confirmed(args, "admits every call to")
     with _open(args) as breaker:
-        done = _new_key(
+        done = _on_stored_key(
             breaker,
-            args,
+            args.key,
             lambda: breaker.disable(args.key, reason=args.reason, must_exist=not args.new),
+            _NEW,
         )
     print(
         f"disabled {args.key!r} until reset:\n{_HISTORY_HEADER}\n{_transition_line(done)}", file=out

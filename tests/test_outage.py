@@ -189,11 +189,27 @@ def test_a_connection_the_server_dropped_is_replaced_on_the_next_call(
                     )
                 ).scalar_one()
             assert killed >= 1
+            # pg_terminate_backend only signals: wait until the sessions have ended (and sent
+            # their goodbye), so that the connections are dropped, not dropping mid-write
+            # (a write a connection drops under is ambiguous, and said so: another test).
+            deadline = time.monotonic() + 10
+            while _sessions(admin, "db_test_victim") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _sessions(admin, "db_test_victim") == 0
             breaker.record_failure("k")  # no error: retried at once on a new connection
             assert breaker.state("k") is CircuitState.OPEN
     finally:
         admin.dispose()
     assert _outage_messages(caplog) == []
+
+
+def _sessions(admin: sa.Engine, application_name: str) -> int:
+    with admin.connect() as connection:
+        count: int = connection.execute(
+            sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
+            {"name": application_name},
+        ).scalar_one()
+    return count
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from durable_breaker import (
     Policy,
 )
 from durable_breaker._cli import _parser, run
+from durable_breaker._engine import DEFAULT_URL
 from durable_breaker.prometheus import BreakerMetrics
 
 from .conftest import FakeClock
@@ -698,9 +699,11 @@ def test_a_key_an_operator_created_is_not_counted_as_other_settings(db_url: str)
     ],
 )
 def test_an_empty_global_option_is_refused_not_replaced_by_the_default(
-    db_url: str, argv: list[str]
+    db_url: str, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trip(db_url, "gpt-4o")
+    monkeypatch.chdir(tmp_path)
+    CircuitBreaker(DEFAULT_URL).close()  # the default database exists: '' must not mean it
     code, out, err = cli(*(["--url", db_url] if "--url" not in argv else []), *argv)
     assert code == 1 and out == "" and err.startswith("durable-breaker: error:")
     with CircuitBreaker(db_url) as breaker:

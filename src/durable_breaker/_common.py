@@ -16,7 +16,7 @@ from ._classify import error_type, reason_of, status_code
 from ._classify import retry_after as retry_after_of
 from ._config import CircuitBreakerConfig
 from ._errors import CircuitOpenError, InvalidArgumentError, StoreUnavailableError
-from ._machine import FENCED, Decision, Hold, Trigger, audit_reason, hold_applied, retry_after
+from ._machine import FENCED, Decision, Hold, Trigger, audited, retry_after
 from ._outage import OutageTracker
 from ._state import Cause, Circuit, CircuitState, Policy, StoredCircuit, Transition
 from ._tables import MAX_ACTOR_LENGTH, MAX_NAMESPACE_LENGTH
@@ -267,23 +267,7 @@ class BreakerBase:
         self, key: str, trigger: Trigger, decision: Decision, cause: Cause
     ) -> Transition:
         """The audited transition `decision` committed (as its audit row says it)."""
-        after = decision.after
-        retry_after_s, open_until = hold_applied(decision, cause)
-        return Transition(
-            key=key,
-            from_state=decision.before.state,
-            to_state=after.state,
-            trigger=trigger.value,
-            at=decision.now,
-            consecutive_failures=after.consecutive_failures,
-            reason=audit_reason(decision, self._config, cause.reason),
-            actor=self.actor,
-            generation=after.generation,
-            error_type=cause.error_type,
-            status_code=cause.status_code,
-            retry_after=retry_after_s,
-            open_until=open_until,
-        )
+        return audited(key, trigger, decision, cause, self.actor, self._config)
 
     def _cause(self, trigger: Trigger, reason: str | None, error: BaseException | None) -> Cause:
         """The audit cause of a permit's failure or release: `reason`, and for a failure the

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from transitions import Machine
 
 from ._config import CircuitBreakerConfig
-from ._state import Cause, Circuit, CircuitState
+from ._state import Cause, Circuit, CircuitState, Transition
 
 
 class Trigger(StrEnum):
@@ -344,16 +344,34 @@ def audit_reason(decision: Decision, config: CircuitBreakerConfig, given: str | 
     return given or describe(decision, config)
 
 
-def hold_applied(decision: Decision, cause: Cause) -> tuple[float | None, datetime | None]:
-    """What an audit row records of the hold `decision` set: the Retry-After (in seconds)
-    the caller asked for, and the end of the hold; neither for a late result, which held
-    nothing."""
-    if decision.guard == FENCED:
-        return None, None
+def audited(
+    key: str,
+    trigger: Trigger,
+    decision: Decision,
+    cause: Cause,
+    actor: str,
+    config: CircuitBreakerConfig,
+) -> Transition:
+    """What the audit row of `decision` says: the one place both the store's row and the
+    listeners' Transition come from. A late result records no hold: it set none."""
     after = decision.after
-    asked = cause.retry_after
-    held = after.state is CircuitState.OPEN or after.state is CircuitState.FORCED_OPEN
-    return (None if asked is None else asked.total_seconds()), (after.open_until if held else None)
+    asked = None if decision.guard == FENCED else cause.retry_after
+    held = decision.guard != FENCED and after.state in (CircuitState.OPEN, CircuitState.FORCED_OPEN)
+    return Transition(
+        key=key,
+        from_state=decision.before.state,
+        to_state=after.state,
+        trigger=trigger.value,
+        at=decision.now,
+        consecutive_failures=after.consecutive_failures,
+        reason=audit_reason(decision, config, cause.reason),
+        actor=actor,
+        generation=after.generation,
+        error_type=cause.error_type,
+        status_code=cause.status_code,
+        retry_after=None if asked is None else asked.total_seconds(),
+        open_until=after.open_until if held else None,
+    )
 
 
 def describe(decision: Decision, config: CircuitBreakerConfig) -> str | None:

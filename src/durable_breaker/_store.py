@@ -26,7 +26,7 @@ from ._config import CircuitBreakerConfig
 from ._engine import owns, write_transaction
 from ._errors import StoreUnavailableError, UnknownKeyError
 from ._faults import Fault, classify, translate_errors, with_retries
-from ._machine import MANUAL, Decision, Hold, Trigger, audit_reason, decide, hold_applied
+from ._machine import MANUAL, Decision, Hold, Trigger, audited, decide
 from ._raw import AUDIT_COLUMNS, Change, PostgresRaw, SqliteRaw, ThroughSqlAlchemy
 from ._state import NEW_CIRCUIT, Cause, Circuit, CircuitState, Policy, StoredCircuit, Transition
 from ._tables import circuits, transitions
@@ -269,26 +269,25 @@ class Statements:
         actor: str,
         config: CircuitBreakerConfig,
     ) -> dict[str, object] | None:
-        """The audit row of `decision`, or None when it is not audited."""
+        """The audit row of `decision` (see `audited`), or None when it is not audited."""
         if not decision.audited:
             return None
-        after = decision.after
-        retry_after_s, open_until = hold_applied(decision, cause)
+        t = audited(key, trigger, decision, cause, actor, config)
         return {
             "namespace": self.namespace,
-            "key": key,
-            "from_state": decision.before.state.value,
-            "to_state": decision.after.state.value,
-            "trigger": trigger.value,
-            "at": decision.now,
-            "consecutive_failures": decision.after.consecutive_failures,
-            "reason": audit_reason(decision, config, cause.reason),
-            "actor": actor,
-            "generation": after.generation,
-            "error_type": cause.error_type,
-            "status_code": cause.status_code,
-            "retry_after_s": retry_after_s,
-            "open_until": open_until,
+            "key": t.key,
+            "from_state": t.from_state.value,
+            "to_state": t.to_state.value,
+            "trigger": t.trigger,
+            "at": t.at,
+            "consecutive_failures": t.consecutive_failures,
+            "reason": t.reason,
+            "actor": t.actor,
+            "generation": t.generation,
+            "error_type": t.error_type,
+            "status_code": t.status_code,
+            "retry_after_s": t.retry_after,
+            "open_until": t.open_until,
         }
 
     @staticmethod

@@ -36,19 +36,23 @@ def anthropic_error(status: int, message: str, kind: str = "api_error") -> Reply
 
 
 class FakeProvider:
-    """`reply` is what every request gets; `requests` counts them."""
+    """`reply` is what every request gets, unless `by_model` has a reply for the model its
+    JSON body names; `requests` counts them, `models` lists the models asked for."""
 
     def __init__(self) -> None:
         self.reply = Reply()
+        self.by_model: dict[str, Reply] = {}
         self.requests = 0
+        self.models: list[str] = []
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
-                self.rfile.read(length)
+                model = _model_of(self.rfile.read(length))
                 provider.requests += 1
-                reply = provider.reply
+                provider.models.append(model)
+                reply = provider.by_model.get(model, provider.reply)
                 self.send_response(reply.status)
                 self.send_header("content-type", reply.content_type)
                 self.send_header("content-length", str(len(reply.body)))
@@ -69,6 +73,14 @@ class FakeProvider:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def _model_of(body: bytes) -> str:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return ""
+    return str(payload.get("model", "")) if isinstance(payload, dict) else ""
 
 
 @contextmanager

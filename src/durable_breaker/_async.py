@@ -45,6 +45,7 @@ from ._errors import (
     StoreUnavailableError,
 )
 from ._explain import Explanation, explain
+from ._fallback import check_fallback_keys, fallback_async
 from ._faults import translate_errors, with_retries_async
 from ._machine import Decision, Hold, Trigger, decide
 from ._migrations import ensure_schema
@@ -371,6 +372,19 @@ class AsyncCircuitBreaker(BreakerBase):
             return (await self._fire(key, Trigger.CHECK, peek=True)).fired
         except StoreUnavailableError as error:
             return self._available_without_store(error)
+
+    async def first_available(self, keys: Iterable[str]) -> str | None:
+        """The first of `keys` whose circuit would admit a call now (see
+        `CircuitBreaker.first_available`)."""
+        for key in check_fallback_keys(keys):
+            if await self.is_available(key):
+                return key
+        return None
+
+    async def fallback(self, keys: Iterable[str], call: Callable[[str], Awaitable[R]]) -> R:
+        """`await call(key)` for the first key in order that admits it and succeeds (see
+        `CircuitBreaker.fallback`); each attempt runs in `guard_async(key)`."""
+        return await fallback_async(keys, call, self.guard_async, self._config.is_failure)
 
     async def reset(self, key: str, *, reason: str | None = None) -> Transition:
         """Force a stored key's circuit closed; return the audited transition."""

@@ -7,7 +7,7 @@ import functools
 import inspect
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -34,6 +34,7 @@ from ._errors import (
     StoreUnavailableError,
 )
 from ._explain import Explanation, explain
+from ._fallback import check_fallback_keys, fallback, fallback_async
 from ._faults import translate_errors
 from ._machine import Decision, Hold, Trigger, decide
 from ._migrations import ensure_schema
@@ -547,6 +548,30 @@ class CircuitBreaker(BreakerBase):
             return self._fire(key, Trigger.CHECK, peek=True).fired
         except StoreUnavailableError as error:
             return self._available_without_store(error)
+
+    def first_available(self, keys: Iterable[str]) -> str | None:
+        """The first of `keys`, in order, whose circuit would admit a call now (None if
+        none would); reads only, spends no probe (see `is_available`)."""
+        for key in check_fallback_keys(keys):
+            if self.is_available(key):
+                return key
+        return None
+
+    def fallback(self, keys: Iterable[str], call: Callable[[str], R]) -> R:
+        """`call(key)` for the first key in order that admits it and succeeds.
+
+        Each key whose circuit rejects is skipped; each call runs in `guard(key)`, so its
+        outcome is recorded on its own key. A failure `config.is_failure` counts moves on to
+        the next key; any other exception (the request is at fault: a 400 fails on every
+        model) propagates at once. When no key served: if calls were made, the last counted
+        error is raised, else the CircuitOpenError of the key that frees first (the
+        smallest `retry_after`); either carries a note per other key saying what happened.
+        """
+        return fallback(keys, call, self.guard, self._config.is_failure)
+
+    async def fallback_async(self, keys: Iterable[str], call: Callable[[str], Awaitable[R]]) -> R:
+        """`fallback` for a coroutine function `call`, each attempt in `guard_async(key)`."""
+        return await fallback_async(keys, call, self.guard_async, self._config.is_failure)
 
     def state(self, key: str) -> CircuitState:
         """The stored state of `key` (CLOSED for a key never stored).

@@ -235,8 +235,9 @@ def test_a_late_permit_failure_is_audited_without_a_hold_it_never_set(db_url: st
 
 
 def _readme_sql() -> str:
-    """The README's query for "why was gpt-4o blocked at 03:12?"."""
-    text = README.read_text(encoding="utf-8").split("Why was gpt-4o blocked at 03:12", 1)[1]
+    """The documented query for "why was gpt-4o blocked at 03:12?" (docs/operating.md)."""
+    operating = README.parent / "docs" / "operating.md"
+    text = operating.read_text(encoding="utf-8").split("Why was gpt-4o blocked at 03:12", 1)[1]
     return text.split("```sql\n", 1)[1].split("```", 1)[0]
 
 

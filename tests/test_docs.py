@@ -48,6 +48,7 @@ import shutil
 import subprocess
 import tomllib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path

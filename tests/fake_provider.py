@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ class Reply:
     body: bytes = b"{}"
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    delay: float = 0.0  # seconds before answering (a slow provider, for client timeouts)
 
 
 def json_body(payload: Any) -> bytes:
@@ -53,6 +55,7 @@ class FakeProvider:
                 provider.requests += 1
                 provider.models.append(model)
                 reply = provider.by_model.get(model, provider.reply)
+                time.sleep(reply.delay)
                 self.send_response(reply.status)
                 self.send_header("content-type", reply.content_type)
                 self.send_header("content-length", str(len(reply.body)))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
-from ._classify import error_type, reason_of, status_code
+from ._classify import error_type, reason_of, status_code, underlying
 from ._classify import retry_after as retry_after_of
 from ._config import CircuitBreakerConfig
 from ._errors import CircuitOpenError, InvalidArgumentError, StoreUnavailableError
@@ -49,8 +49,10 @@ class KeyStatus:
 
 def _type_and_status(error: BaseException) -> tuple[str | None, int | None]:
     """An error's type name and HTTP status for the audit trail; (None, None) when reading
-    them fails: an odd error object must not keep its failure from counting."""
+    them fails: an odd error object must not keep its failure from counting. A wrapper is
+    named by what it wraps (`underlying`)."""
     try:
+        error = underlying(error)
         return error_type(error), status_code(error)
     except Exception:
         _log.exception("could not read the type or status of %r; not audited", error)

@@ -34,10 +34,10 @@ class CircuitBreakerConfig:
     rows each thread's SQLite read connection reuses (at most 4,096 there).
 
     ``is_failure`` says which exceptions raised inside ``guard``/``protect`` count as
-    failures (by default `is_llm_failure`: timeouts, connection errors, 408, 429, 5xx and
-    unknown errors count; other 4xx, context-length and content-filter errors and
-    cancellation do not). A counted error's Retry-After keeps a circuit it trips open at
-    least that long, up to ``max_retry_after``.
+    failures (by default `is_llm_failure`: timeouts, connection errors, 408, 429, 5xx, quota
+    and unknown errors count; other 4xx, context-length and content-filter errors, the
+    caller's mistakes and cancellation do not; docs/errors.md). A counted error's
+    Retry-After keeps a circuit it trips open at least that long, up to ``max_retry_after``.
     """
 
     failure_threshold: int = 5

@@ -9,16 +9,21 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_the_apscheduler_job_reschedules_itself_while_the_circuit_is_open(tmp_path: Path) -> None:
+def run_example(name: str, tmp_path: Path) -> list[str]:
+    """Run examples/`name` on a database of its own; the lines it printed."""
     url = f"sqlite:///{tmp_path / 'example.db'}"
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "apscheduler_job.py"), "--url", url],
+        [sys.executable, str(EXAMPLES / name), "--url", url],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    return done.stdout.splitlines()
+
+
+def test_the_apscheduler_job_reschedules_itself_while_the_circuit_is_open(tmp_path: Path) -> None:
+    lines = run_example("apscheduler_job.py", tmp_path)
     rescheduled = [line for line in lines if "circuit open: rescheduled in" in line]
     # The provider's Retry-After (2 s) outlasts the cooldown (1 s): the job waits for it.
     assert rescheduled and all(float(line.split()[-1][:-1]) > 1.5 for line in rescheduled)
@@ -30,15 +35,7 @@ def test_the_apscheduler_job_reschedules_itself_while_the_circuit_is_open(tmp_pa
 def test_the_apscheduler_fallback_job_serves_from_the_next_model_until_the_first_recovers(
     tmp_path: Path,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'example.db'}"
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "apscheduler_fallback.py"), "--url", url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    lines = run_example("apscheduler_fallback.py", tmp_path)
     answers = [line.split(": answered by ")[1] for line in lines if ": answered by " in line]
     assert len(answers) == 20  # every document was answered by some model
     # gpt-4o failed its first calls (503): the mini served until a probe found gpt-4o well.

@@ -47,6 +47,19 @@ class Attempts:
         self._failed: list[BaseException] = []
         self._story: list[tuple[BaseException, str]] = []  # each attempt's, in order
 
+    def moves_on(self, key: str, error: Exception, entered: bool, is_failure: IsFailure) -> bool:
+        """Whether the fallback goes on to the next key after `error` ended the attempt on
+        `key` (`entered`: raised by the call, not by the guard's admission). It does after
+        a rejection and a counted failure; not when the request is at fault (its error does
+        not count) or the breaker could not decide (a StoreUnavailableError, say)."""
+        if entered and _counts(error, is_failure):
+            self.failed(key, error)
+            return True
+        if not entered and isinstance(error, CircuitOpenError):
+            self.rejected(error)
+            return True
+        return False
+
     def rejected(self, error: CircuitOpenError) -> None:
         self._rejected.append(error)
         wait = "" if error.retry_after is None else f", retry in {duration(error.retry_after)}"
@@ -84,12 +97,8 @@ def fallback(
                 entered = True
                 return call(key)
         except Exception as error:
-            if entered and _counts(error, is_failure):
-                attempts.failed(key, error)
-            elif not entered and isinstance(error, CircuitOpenError):
-                attempts.rejected(error)
-            else:
-                raise  # the request is at fault, or the breaker could not decide
+            if not attempts.moves_on(key, error, entered, is_failure):
+                raise
     raise attempts.error()
 
 
@@ -107,11 +116,7 @@ async def fallback_async(
                 entered = True
                 return await _awaited(call, key)
         except Exception as error:
-            if entered and _counts(error, is_failure):
-                attempts.failed(key, error)
-            elif not entered and isinstance(error, CircuitOpenError):
-                attempts.rejected(error)
-            else:
+            if not attempts.moves_on(key, error, entered, is_failure):
                 raise
     raise attempts.error()
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 import tenacity
 
-from durable_breaker import CircuitBreakerConfig, CircuitState, is_llm_failure
+from durable_breaker import CircuitBreakerConfig, CircuitOpenError, CircuitState, is_llm_failure
 from durable_breaker._classify import retry_after
 
 from .conftest import BreakerFactory
@@ -371,6 +371,39 @@ def test_a_wrapper_is_judged_by_the_cause_that_carries_a_status(
             raise SummaryFailed("could not summarise") from error
     except SummaryFailed as wrapper:
         assert is_llm_failure(wrapper) is counted
+
+
+def test_a_wrapper_of_an_inner_circuit_open_error_does_not_count() -> None:
+    inner = CircuitOpenError("gpt-4o", CircuitState.OPEN, 5.0)
+    try:
+        raise SummaryFailed("no model") from inner
+    except SummaryFailed as wrapper:
+        assert is_llm_failure(wrapper) is False
+
+
+@pytest.mark.parametrize(
+    ("statuses", "counted"),
+    [((503,), True), ((400,), False), ((400, 404), False), ((400, 503), True)],
+)
+def test_an_exception_group_counts_if_one_of_its_errors_does(
+    provider: FakeProvider, statuses: tuple[int, ...], counted: bool
+) -> None:
+    async def gather() -> None:
+        async def one(status: int) -> None:
+            client = anthropic.AsyncAnthropic(base_url=provider.url, api_key="k", max_retries=0)
+            provider.by_model[f"m{status}"] = anthropic_error(status, f"status {status}")
+            await client.messages.create(model=f"m{status}", max_tokens=8, messages=MESSAGES)  # type: ignore[arg-type]
+
+        async with asyncio.TaskGroup() as group:  # the way asyncio code fans out
+            for status in statuses:
+                group.create_task(one(status))
+
+    try:
+        asyncio.run(gather())
+    except ExceptionGroup as group:
+        assert is_llm_failure(group) is counted
+    else:
+        raise AssertionError("the task group raised nothing")
 
 
 def test_the_audit_names_the_wrapped_error_and_its_hold(

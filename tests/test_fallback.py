@@ -289,3 +289,73 @@ def test_an_async_fallback_refuses_a_call_that_returns_no_awaitable(
     with pytest.raises(InvalidArgumentError, match="call must return an awaitable"):
         asyncio.run(breaker.fallback_async(MODELS, lambda model: model))  # type: ignore[arg-type,return-value]
     assert breaker.state("gpt-4o") is CircuitState.CLOSED  # our mistake, not the model's
+
+
+def test_the_sync_fallback_refuses_an_async_function_and_records_no_success(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    breaker = make_breaker(ONE_STRIKE)
+    breaker.record_failure("gpt-4o", "down")
+    clock.advance(31)  # half-open: the next admitted call is the probe
+
+    async def ask(model: str) -> str:
+        return model
+
+    with pytest.raises(InvalidArgumentError, match=r"use await breaker\.fallback_async"):
+        breaker.fallback(MODELS, ask)  # type: ignore[unused-coroutine]
+    assert breaker.state("gpt-4o") is CircuitState.HALF_OPEN  # no success was recorded
+    assert breaker.first_available(MODELS) == "gpt-4o"  # and the probe was given back
+
+
+def test_is_failure_judges_each_attempt_once(make_breaker: BreakerFactory) -> None:
+    judged: list[BaseException] = []
+
+    def once_then_not(error: BaseException) -> bool:
+        judged.append(error)
+        return len(judged) % 2 == 1  # counts, then does not: asking twice would disagree
+
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=5, is_failure=once_then_not))
+
+    def down(model: str) -> str:
+        raise TimeoutError(model)
+
+    with pytest.raises(TimeoutError) as raised:
+        breaker.fallback(MODELS, down)
+    assert [str(error) for error in judged] == ["gpt-4o", "gpt-4o-mini"]
+    assert str(raised.value) == "gpt-4o-mini"  # counted on gpt-4o, moved on; not on the mini
+    assert {s.key: s.consecutive_failures for s in breaker.status()} == {"gpt-4o": 1}
+
+
+def test_one_error_object_raised_for_every_key_is_noted_once_per_attempt(
+    make_breaker: BreakerFactory,
+) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=5))
+    shared = TimeoutError("upstream timed out")
+
+    def down(model: str) -> str:
+        raise shared
+
+    for _ in range(2):  # a second fallback raising the same object adds no duplicate
+        with pytest.raises(TimeoutError) as raised:
+            breaker.fallback(MODELS, down)
+        assert raised.value is shared
+        assert shared.__notes__ == [
+            "durable-breaker fallback: 'gpt-4o' failed: TimeoutError: upstream timed out",
+            "durable-breaker fallback: 'gpt-4o-mini' failed: TimeoutError: upstream timed out",
+        ]
+
+
+@pytest.mark.parametrize(
+    ("keys", "call", "message"),
+    [
+        ({"gpt-4o", "o3"}, str, "a set or dict has no order of preference, pass a list"),
+        ({"gpt-4o": 1}, str, "a set or dict has no order of preference, pass a list"),
+        (["gpt-4o"], None, "call must be a function taking a key, got None"),
+    ],
+)
+def test_keys_without_an_order_and_a_call_that_is_no_function_are_refused(
+    make_breaker: BreakerFactory, keys: object, call: object, message: str
+) -> None:
+    breaker = make_breaker()
+    with pytest.raises(InvalidArgumentError, match=message):
+        breaker.fallback(keys, call)  # type: ignore[arg-type]

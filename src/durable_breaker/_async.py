@@ -384,7 +384,7 @@ class AsyncCircuitBreaker(BreakerBase):
     async def fallback(self, keys: Iterable[str], call: Callable[[str], Awaitable[R]]) -> R:
         """`await call(key)` for the first key in order that admits it and succeeds (see
         `CircuitBreaker.fallback`); each attempt runs in `guard_async(key)`."""
-        return await fallback_async(keys, call, self.guard_async, self._config.is_failure)
+        return await fallback_async(keys, call, self.guard_async)
 
     async def reset(self, key: str, *, reason: str | None = None) -> Transition:
         """Force a stored key's circuit closed; return the audited transition."""

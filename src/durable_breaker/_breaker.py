@@ -567,11 +567,11 @@ class CircuitBreaker(BreakerBase):
         error is raised, else the CircuitOpenError of the key that frees first (the
         smallest `retry_after`); either carries a note per other key saying what happened.
         """
-        return fallback(keys, call, self.guard, self._config.is_failure)
+        return fallback(keys, call, self.guard)
 
     async def fallback_async(self, keys: Iterable[str], call: Callable[[str], Awaitable[R]]) -> R:
         """`fallback` for a coroutine function `call`, each attempt in `guard_async(key)`."""
-        return await fallback_async(keys, call, self.guard_async, self._config.is_failure)
+        return await fallback_async(keys, call, self.guard_async)
 
     def state(self, key: str) -> CircuitState:
         """The stored state of `key` (CLOSED for a key never stored).

@@ -105,14 +105,20 @@ def error_kinds(error: BaseException) -> frozenset[str]:
 
 def underlying(error: BaseException) -> BaseException:
     """The error that says what happened: the last attempt's of a retry wrapper
-    (`tenacity.RetryError.last_attempt`), or an explicit cause (`raise Wrapper from error`)
-    that carries an HTTP status or an error type when the wrapper carries neither."""
+    (`tenacity.RetryError.last_attempt`), the one error of an exception group, or an
+    explicit cause (`raise Wrapper from error`) that carries an HTTP status or an error type,
+    or is this library's (an inner guard's CircuitOpenError), when the wrapper carries no
+    status or type."""
     for _ in range(_MAX_UNWRAP):
         inner = _last_attempt(error)
+        if isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            inner = error.exceptions[0]  # an asyncio.TaskGroup's one failed task
         if inner is None and status_code(error) is None and not error_kinds(error):
             cause = error.__cause__
             if cause is not None and (
-                _last_attempt(cause) is not None
+                # (not a CancelledError: a timeout is raised from the one it caused)
+                isinstance(cause, DurableBreakerError)
+                or _last_attempt(cause) is not None
                 or status_code(cause) is not None
                 or error_kinds(cause)
             ):
@@ -161,13 +167,16 @@ def is_llm_failure(error: BaseException) -> bool:
     CircuitOpenError), any other 4xx (400, 401, 403, 404, 413, ...), request-fault error
     types (`invalid_request_error`, ...), context-length and content-filter errors, and the
     caller's mistakes (TypeError, AttributeError, missing credentials, a bad URL). A retry
-    wrapper is judged by its last attempt, a wrapper by a cause that carries a status.
+    wrapper is judged by its last attempt, a wrapper by a cause that carries a status, an
+    exception group by its members (it counts if one of them does).
     """
     if isinstance(error, _NEVER):
         return False
     error = underlying(error)
     if isinstance(error, _NEVER):
         return False
+    if isinstance(error, BaseExceptionGroup):  # several errors: counts if one of them does
+        return any(is_llm_failure(member) for member in error.exceptions)
     names = _names(error)
     if any(part in name for name in names for part in _CONTENT_NAMES):
         return False
@@ -282,7 +291,7 @@ def _reset_wait(text: str, now: datetime) -> timedelta | None:
     except ValueError:
         pass
     try:
-        moment = datetime.fromisoformat(text)  # Anthropic: 2026-11-30T03:14:05Z
+        moment = datetime.fromisoformat(text.upper())  # Anthropic: 2026-11-30T03:14:05Z
     except ValueError:
         return None
     return _until(moment, now)

@@ -6,24 +6,28 @@ key's guard, so its outcome is recorded (and any transition audited) on that key
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import Any, TypeVar
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from typing import TypeVar
 
 from ._classify import reason_of
 from ._common import check_name
 from ._errors import CircuitOpenError, InvalidArgumentError
 from ._explain import duration
-from ._permit import IsFailure, _counts
+from ._permit import AsyncGuard, Guard, counted_failure
 from ._tables import MAX_KEY_LENGTH
 
 R = TypeVar("R")
 
 
 def check_fallback_keys(keys: object) -> list[str]:
-    """A non-empty sequence of distinct keys, in order of preference (not one str)."""
-    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+    """A non-empty sequence of distinct keys, in order of preference (not one str, nor a set,
+    whose order differs from process to process)."""
+    if isinstance(keys, str | bytes | AbstractSet | Mapping) or not isinstance(keys, Iterable):
         hint = f"; for one key pass [{keys!r:.60}]" if isinstance(keys, str) else ""
+        if isinstance(keys, AbstractSet | Mapping):
+            hint = "; a set or dict has no order of preference, pass a list"
         raise InvalidArgumentError(
             f"keys must be a list of keys in order of preference, got {keys!r:.80}{hint}"
         )
@@ -41,89 +45,93 @@ def check_fallback_keys(keys: object) -> list[str]:
 class Attempts:
     """What one fallback met, key by key, and what it raises when no key served."""
 
-    def __init__(self, keys: object) -> None:
+    def __init__(self, keys: object, call: object) -> None:
         self.keys = check_fallback_keys(keys)
-        self._rejected: list[CircuitOpenError] = []
-        self._failed: list[BaseException] = []
-        self._story: list[tuple[BaseException, str]] = []  # each attempt's, in order
+        if not callable(call):
+            raise InvalidArgumentError(f"call must be a function taking a key, got {call!r:.80}")
+        self._rejected: list[tuple[int, CircuitOpenError]] = []  # (attempt, its error)
+        self._failed: list[tuple[int, Exception]] = []
+        self._story: list[str] = []  # a line per attempt, in order
 
-    def moves_on(self, key: str, error: Exception, entered: bool, is_failure: IsFailure) -> bool:
+    def moves_on(self, key: str, error: Exception, entered: bool, counted: bool) -> bool:
         """Whether the fallback goes on to the next key after `error` ended the attempt on
-        `key` (`entered`: raised by the call, not by the guard's admission). It does after
-        a rejection and a counted failure; not when the request is at fault (its error does
-        not count) or the breaker could not decide (a StoreUnavailableError, say)."""
-        if entered and _counts(error, is_failure):
-            self.failed(key, error)
+        `key` (`entered`: raised in the guarded block, not by its admission; `counted`: the
+        guard recorded it as a failure). It does after a rejection and a counted failure; not
+        when the request is at fault, or when the breaker could not decide (the database is
+        unavailable and on_store_error is "raise", say)."""
+        attempt = len(self._story)
+        if entered and counted:
+            self._failed.append((attempt, error))
+            self._story.append(f"{key!r} failed: {reason_of(error)}")
             return True
         if not entered and isinstance(error, CircuitOpenError):
-            self.rejected(error)
+            self._rejected.append((attempt, error))
+            wait = "" if error.retry_after is None else f", retry in {duration(error.retry_after)}"
+            self._story.append(f"{key!r} skipped: circuit {error.state.value}{wait}")
             return True
         return False
 
-    def rejected(self, error: CircuitOpenError) -> None:
-        self._rejected.append(error)
-        wait = "" if error.retry_after is None else f", retry in {duration(error.retry_after)}"
-        self._story.append((error, f"{error.key!r} skipped: circuit {error.state.value}{wait}"))
-
-    def failed(self, key: str, error: BaseException) -> None:
-        self._failed.append(error)
-        self._story.append((error, f"{key!r} failed: {reason_of(error)}"))
-
     def error(self) -> BaseException:
         """The last counted error if any call was made, else the CircuitOpenError of the key
-        that frees first; noted with what happened to every other key."""
-        chosen: BaseException
+        that frees first; noted with what happened at every other attempt."""
+        chosen: tuple[int, BaseException]
         if self._failed:
             chosen = self._failed[-1]
         else:  # (an unknown wait, as of a circuit forced open until a reset, sorts last)
-            chosen = min(self._rejected, key=lambda e: (e.retry_after is None, e.retry_after))
-        for error, line in self._story:
-            if error is not chosen:
-                chosen.add_note(f"durable-breaker fallback: {line}")
-        return chosen
+            chosen = min(self._rejected, key=lambda a: (a[1].retry_after is None, a[1].retry_after))
+        attempt, error = chosen
+        for line in self._story[:attempt] + self._story[attempt + 1 :]:
+            note = f"durable-breaker fallback: {line}"
+            if note not in getattr(error, "__notes__", ()):  # noted by an earlier fallback
+                error.add_note(note)
+        return error
 
 
-def fallback(
-    keys: object,
-    call: Callable[[str], R],
-    guard: Callable[[str], AbstractContextManager[Any]],
-    is_failure: IsFailure,
-) -> R:
-    attempts = Attempts(keys)
+def fallback(keys: object, call: Callable[[str], R], guard_of: Callable[[str], Guard]) -> R:
+    attempts = Attempts(keys, call)
     for key in attempts.keys:
-        entered = False
+        guard, entered = guard_of(key), False
         try:
-            with guard(key):
+            with guard:
                 entered = True
-                return call(key)
+                return _not_awaitable(call(key))
         except Exception as error:
-            if not attempts.moves_on(key, error, entered, is_failure):
+            if not attempts.moves_on(key, error, entered, counted_failure(guard)):
                 raise
     raise attempts.error()
 
 
 async def fallback_async(
-    keys: object,
-    call: Callable[[str], Awaitable[R]],
-    guard: Callable[[str], AbstractAsyncContextManager[Any]],
-    is_failure: IsFailure,
+    keys: object, call: Callable[[str], Awaitable[R]], guard_of: Callable[[str], AsyncGuard]
 ) -> R:
-    attempts = Attempts(keys)
+    attempts = Attempts(keys, call)
     for key in attempts.keys:
-        entered = False
+        guard, entered = guard_of(key), False
         try:
-            async with guard(key):
+            async with guard:
                 entered = True
-                return await _awaited(call, key)
+                return await _awaitable(call(key))
         except Exception as error:
-            if not attempts.moves_on(key, error, entered, is_failure):
+            if not attempts.moves_on(key, error, entered, counted_failure(guard)):
                 raise
     raise attempts.error()
 
 
-async def _awaited(call: Callable[[str], Awaitable[R]], key: str) -> R:
-    pending = call(key)
-    if not isinstance(pending, Awaitable):
+def _not_awaitable(result: R) -> R:
+    """`result` of a plain call; a coroutine means no call was made (an `async def`
+    function given to the sync fallback), which must not be recorded as a success."""
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited, on purpose: no "never awaited" warning
+        raise InvalidArgumentError(
+            "call returned an awaitable, so the model was never called; for an async def "
+            "function use await breaker.fallback_async(keys, call)"
+        )
+    return result
+
+
+async def _awaitable(pending: Awaitable[R]) -> R:
+    if not inspect.isawaitable(pending):
         raise InvalidArgumentError(
             f"call must return an awaitable (an async def function), got {pending!r:.80} "
             "from it; use CircuitBreaker.fallback for plain functions"

@@ -365,3 +365,10 @@ def check_key_of(key: object) -> KeyOf:
             f"key must be a str or a callable of the call's arguments, got {key!r}"
         )
     return key
+
+
+def counted_failure(guard: Guard | AsyncGuard) -> bool:
+    """Whether `guard`'s block ended in an exception it recorded as a failure (as its
+    `is_failure` judged it, once)."""
+    permit = guard._permit if isinstance(guard, AsyncGuard) else guard
+    return permit is not None and permit._outcome is _FAILURE

@@ -70,8 +70,8 @@ def run(breaker: CircuitBreaker, client: openai.OpenAI) -> None:
             print(f"{current}: every model is open, next try in {wait:.1f}s")
             job.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=wait))
             return
-        except openai.APIError as error:  # the request's own fault: no model would take it
-            print(f"{current}: failed on every model it reached ({error})")
+        except openai.APIError as error:  # every model tried failed, or the request is bad
+            print(f"{current}: failed ({error})")
         current = next(documents, "")
         if not current:
             scheduler.shutdown(wait=False)

@@ -230,6 +230,10 @@ def guarded_by(breaker: CircuitBreaker) -> Callable[[], object]:
     return call
 
 
+def _answer(key: str) -> str:
+    return key
+
+
 def paired(breaker: CircuitBreaker) -> Callable[[], object]:
     """The same with the two plain calls."""
 
@@ -263,7 +267,13 @@ def bench_backend(
     flapping.record_failure("probe")
     mem, mem_open = pybreaker_memory(False), pybreaker_memory(True)
     peers: Case = {"pybreaker (memory)": lambda: mem.call(lambda: None)}
-    ours_cases: Case = {"guard()": guarded_by(ours), "check + record_success": paired(ours)}
+    ours_cases: Case = {
+        "guard()": guarded_by(ours),
+        "check + record_success": paired(ours),
+        # fallback() over guard(): its first key healthy, or open (skipped, then the healthy).
+        "fallback(), first key healthy": lambda: ours.fallback(["healthy", "spare"], _answer),
+        "fallback(), first key open": lambda: tripped.fallback(["open", "healthy"], _answer),
+    }
     cached = None
     if name == "PostgreSQL":
         cached = CircuitBreaker(url, HEALTHY, cache=True)
@@ -309,6 +319,8 @@ def bench_backend(
         calls,
         ("pybreaker (memory)", "pybreaker (Redis)", *baselines),
     )
+    for label in ("fallback(), first key healthy", "fallback(), first key open"):
+        targets[f"{label} / guard()"] = m[label] / m["guard()"]
     for label in ("guard()", "check + record_success"):
         targets[f"{label} / pybreaker memory"] = m[label] / m["pybreaker (memory)"]
         for baseline in baselines:

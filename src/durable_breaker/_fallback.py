@@ -24,7 +24,9 @@ R = TypeVar("R")
 def check_fallback_keys(keys: object) -> list[str]:
     """A non-empty sequence of distinct keys, in order of preference (not one str, nor a set,
     whose order differs from process to process)."""
-    if isinstance(keys, str | bytes | AbstractSet | Mapping) or not isinstance(keys, Iterable):
+    if type(keys) is list or type(keys) is tuple:
+        pass  # the usual case, checked without the slower abstract-class checks below
+    elif isinstance(keys, str | bytes | AbstractSet | Mapping) or not isinstance(keys, Iterable):
         hint = f"; for one key pass [{keys!r:.60}]" if isinstance(keys, str) else ""
         if isinstance(keys, AbstractSet | Mapping):
             hint = "; a set or dict has no order of preference, pass a list"
@@ -49,9 +51,10 @@ class Attempts:
         self.keys = check_fallback_keys(keys)
         if not callable(call):
             raise InvalidArgumentError(f"call must be a function taking a key, got {call!r:.80}")
-        self._rejected: list[tuple[int, CircuitOpenError]] = []  # (attempt, its error)
-        self._failed: list[tuple[int, Exception]] = []
-        self._story: list[str] = []  # a line per attempt, in order
+        # Each attempt's key and error, in order; failed ones also in `_failed`. Their lines
+        # are written only if no key serves.
+        self._attempts: list[tuple[str, Exception]] = []
+        self._failed: list[int] = []
 
     def moves_on(self, key: str, error: Exception, entered: bool, counted: bool) -> bool:
         """Whether the fallback goes on to the next key after `error` ended the attempt on
@@ -59,32 +62,36 @@ class Attempts:
         guard recorded it as a failure). It does after a rejection and a counted failure; not
         when the request is at fault, or when the breaker could not decide (the database is
         unavailable and on_store_error is "raise", say)."""
-        attempt = len(self._story)
         if entered and counted:
-            self._failed.append((attempt, error))
-            self._story.append(f"{key!r} failed: {reason_of(error)}")
-            return True
-        if not entered and isinstance(error, CircuitOpenError):
-            self._rejected.append((attempt, error))
-            wait = "" if error.retry_after is None else f", retry in {duration(error.retry_after)}"
-            self._story.append(f"{key!r} skipped: circuit {error.state.value}{wait}")
-            return True
-        return False
+            self._failed.append(len(self._attempts))
+        elif entered or not isinstance(error, CircuitOpenError):
+            return False
+        self._attempts.append((key, error))
+        return True
 
     def error(self) -> BaseException:
         """The last counted error if any call was made, else the CircuitOpenError of the key
         that frees first; noted with what happened at every other attempt."""
-        chosen: tuple[int, BaseException]
         if self._failed:
             chosen = self._failed[-1]
         else:  # (an unknown wait, as of a circuit forced open until a reset, sorts last)
-            chosen = min(self._rejected, key=lambda a: (a[1].retry_after is None, a[1].retry_after))
-        attempt, error = chosen
-        for line in self._story[:attempt] + self._story[attempt + 1 :]:
-            note = f"durable-breaker fallback: {line}"
-            if note not in getattr(error, "__notes__", ()):  # noted by an earlier fallback
-                error.add_note(note)
+            waits = [getattr(error, "retry_after", None) for _, error in self._attempts]
+            chosen = min(range(len(waits)), key=lambda i: (waits[i] is None, waits[i]))
+        error = self._attempts[chosen][1]
+        for attempt, (key, other) in enumerate(self._attempts):
+            if attempt != chosen:
+                note = f"durable-breaker fallback: {_told(key, other, attempt in self._failed)}"
+                if note not in getattr(error, "__notes__", ()):  # noted by an earlier fallback
+                    error.add_note(note)
         return error
+
+
+def _told(key: str, error: Exception, failed: bool) -> str:
+    """What happened at one attempt, in a line."""
+    if failed or not isinstance(error, CircuitOpenError):
+        return f"{key!r} failed: {reason_of(error)}"
+    wait = "" if error.retry_after is None else f", retry in {duration(error.retry_after)}"
+    return f"{key!r} skipped: circuit {error.state.value}{wait}"
 
 
 def fallback(keys: object, call: Callable[[str], R], guard_of: Callable[[str], Guard]) -> R:

@@ -119,3 +119,11 @@ def test_retry_after_from_an_attribute_and_capped_at_a_year() -> None:
     assert retry_after(error, NOW) == timedelta(seconds=3)
     error.retry_after = 1e300
     assert retry_after(error, NOW) == timedelta(days=366)
+
+
+def test_a_retry_after_attribute_of_zero_leaves_the_word_to_the_headers() -> None:
+    error: Any = APIStatusError(429, {"retry-after": "9"})
+    error.retry_after = 0
+    assert retry_after(error, NOW) == timedelta(seconds=9)
+    error.retry_after = timedelta(0)
+    assert retry_after(error, NOW) == timedelta(seconds=9)

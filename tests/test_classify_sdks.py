@@ -388,22 +388,27 @@ def test_a_wrapper_of_an_inner_circuit_open_error_does_not_count() -> None:
 def test_an_exception_group_counts_if_one_of_its_errors_does(
     provider: FakeProvider, statuses: tuple[int, ...], counted: bool
 ) -> None:
-    async def gather() -> None:
-        async def one(status: int) -> None:
-            client = anthropic.AsyncAnthropic(base_url=provider.url, api_key="k", max_retries=0)
-            provider.by_model[f"m{status}"] = anthropic_error(status, f"status {status}")
-            await client.messages.create(model=f"m{status}", max_tokens=8, messages=MESSAGES)  # type: ignore[arg-type]
+    async def call(status: int) -> None:
+        client = anthropic.AsyncAnthropic(base_url=provider.url, api_key="k", max_retries=0)
+        provider.by_model[f"m{status}"] = anthropic_error(status, f"status {status}")
+        await client.messages.create(model=f"m{status}", max_tokens=8, messages=MESSAGES)  # type: ignore[arg-type]
 
-        async with asyncio.TaskGroup() as group:  # the way asyncio code fans out
-            for status in statuses:
-                group.create_task(one(status))
+    async def fan_out() -> list[BaseException]:
+        if len(statuses) == 1:  # an asyncio.TaskGroup's group of its one failed task
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(call(statuses[0]))
+            except ExceptionGroup as raised:
+                return [raised]
+            raise AssertionError("the task group raised nothing")
+        # Several at once: every error kept (a TaskGroup cancels the rest at the first).
+        done = await asyncio.gather(*(call(s) for s in statuses), return_exceptions=True)
+        return [ExceptionGroup("calls", [e for e in done if isinstance(e, Exception)])]
 
-    try:
-        asyncio.run(gather())
-    except ExceptionGroup as group:
-        assert is_llm_failure(group) is counted
-    else:
-        raise AssertionError("the task group raised nothing")
+    (group,) = asyncio.run(fan_out())
+    assert isinstance(group, ExceptionGroup)
+    assert len(group.exceptions) == len(statuses)
+    assert is_llm_failure(group) is counted
 
 
 def test_the_audit_names_the_wrapped_error_and_its_hold(

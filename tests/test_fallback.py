@@ -359,3 +359,61 @@ def test_keys_without_an_order_and_a_call_that_is_no_function_are_refused(
     breaker = make_breaker()
     with pytest.raises(InvalidArgumentError, match=message):
         breaker.fallback(keys, call)  # type: ignore[arg-type]
+
+
+def test_a_refused_call_is_no_failure_even_to_an_is_failure_that_counts_everything(
+    make_breaker: BreakerFactory,
+) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=1, is_failure=lambda e: True))
+
+    async def ask(model: str) -> str:
+        return model
+
+    with pytest.raises(InvalidArgumentError) as raised:
+        breaker.fallback(MODELS, ask)  # type: ignore[unused-coroutine]
+    assert not hasattr(raised.value, "__notes__")  # it stopped at the first key
+    with pytest.raises(InvalidArgumentError):
+        asyncio.run(breaker.fallback_async(MODELS, lambda model: model))  # type: ignore[arg-type,return-value]
+    assert breaker.status() == []  # no key was tripped, or even counted
+
+
+def test_an_error_raised_while_an_interrupt_propagates_tries_no_further_key(
+    make_breaker: BreakerFactory,
+) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=5))
+    called: list[str] = []
+
+    def interrupted(model: str) -> str:
+        called.append(model)
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("cleanup failed")  # (the case under test)
+
+    with pytest.raises(RuntimeError, match="cleanup failed"):
+        breaker.fallback(MODELS, interrupted)
+    assert called == ["gpt-4o"]
+
+
+def test_a_cancelled_async_fallback_tries_no_further_key(make_breaker: BreakerFactory) -> None:
+    breaker = make_breaker(CircuitBreakerConfig(failure_threshold=5))
+    called: list[str] = []
+
+    async def slow(model: str) -> str:
+        called.append(model)
+        try:
+            await asyncio.sleep(10)
+        finally:
+            raise RuntimeError("cleanup failed")  # (the case under test)
+        return model
+
+    async def scenario() -> None:
+        task = asyncio.create_task(breaker.fallback_async(MODELS, slow))
+        while not called:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(RuntimeError, match="cleanup failed"):
+            await task
+
+    asyncio.run(scenario())
+    assert called == ["gpt-4o"]

@@ -377,3 +377,52 @@ def test_follow_starts_with_the_last_transitions_of_its_key_however_busy_the_tab
     stop.set()  # the backlog only
     got = [(t.key, t.to_state.value) for t in breaker.follow("k", last=5, stop=stop)]
     assert got == [("k", "closed"), ("k", "open"), ("k", "closed"), ("k", "open"), ("k", "closed")]
+
+
+def _half_open(make_breaker: BreakerFactory, clock: FakeClock, **config: Any) -> CircuitBreaker:
+    breaker = make_breaker(
+        CircuitBreakerConfig(failure_threshold=1, cooldown=timedelta(seconds=30), **config)
+    )
+    breaker.record_failure("k", "down")
+    clock.advance(31)
+    return breaker
+
+
+def test_an_interrupt_while_a_failure_is_recorded_gives_the_probe_back(
+    make_breaker: BreakerFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    breaker = _half_open(make_breaker, clock)
+    report = breaker._report
+
+    def interrupted(key: str, trigger: Any, *args: Any) -> None:
+        if trigger.value == "failure":
+            raise KeyboardInterrupt
+        report(key, trigger, *args)
+
+    monkeypatch.setattr(breaker, "_report", interrupted)
+    with pytest.raises(KeyboardInterrupt), breaker.guard("k"):
+        raise TimeoutError("the probe failed")
+    monkeypatch.undo()
+    assert breaker.is_available("k")  # the probe was given back, not held until its timeout
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_an_interrupt_raised_by_is_failure_gives_the_probe_back(
+    make_breaker: BreakerFactory, clock: FakeClock, use_async: bool
+) -> None:
+    def interrupting(error: BaseException) -> bool:
+        raise KeyboardInterrupt
+
+    breaker = _half_open(make_breaker, clock, is_failure=interrupting)
+    if use_async:
+
+        async def probe() -> None:
+            async with breaker.guard_async("k"):
+                raise TimeoutError("the probe failed")
+
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(probe())
+    else:
+        with pytest.raises(KeyboardInterrupt), breaker.guard("k"):
+            raise TimeoutError("the probe failed")
+    assert breaker.is_available("k")

@@ -216,10 +216,12 @@ def retry_after(error: BaseException, now: datetime) -> timedelta | None:
     """
     error = underlying(error)
     attribute = getattr(error, "retry_after", None)
-    if isinstance(attribute, timedelta):
-        return attribute if attribute > timedelta(0) else None
+    if isinstance(attribute, timedelta) and attribute > timedelta(0):
+        return attribute
     if isinstance(attribute, int | float) and not isinstance(attribute, bool):
-        return _seconds(float(attribute))
+        wait = _seconds(float(attribute))
+        if wait is not None:
+            return wait  # (zero or less says nothing: the headers and the rest may)
     response = getattr(error, "response", None)
     headers = getattr(error, "headers", None) or getattr(response, "headers", None)
     asked = _retry_after_header(headers, now)

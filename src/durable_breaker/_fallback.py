@@ -6,10 +6,11 @@ key's guard, so its outcome is recorded (and any transition audited) on that key
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from ._classify import reason_of
 from ._common import check_name
@@ -62,6 +63,8 @@ class Attempts:
         guard recorded it as a failure). It does after a rejection and a counted failure; not
         when the request is at fault, or when the breaker could not decide (the database is
         unavailable and on_store_error is "raise", say)."""
+        if _interrupted(error):
+            return False
         if entered and counted:
             self._failed.append(len(self._attempts))
         elif entered or not isinstance(error, CircuitOpenError):
@@ -86,6 +89,19 @@ class Attempts:
         return error
 
 
+def _interrupted(error: BaseException) -> bool:
+    """Whether `error` was raised while an interrupt or an exit was propagating (a `finally`
+    that raised): the process is stopping, so no further key is tried. (Not a cancellation:
+    asyncio raises every timeout while one propagates; `fallback_async` asks the task.)"""
+    seen = 0
+    context = error.__context__
+    while context is not None and seen < 8:  # (a cycle of contexts must end)
+        if isinstance(context, KeyboardInterrupt | SystemExit):
+            return True
+        context, seen = context.__context__, seen + 1
+    return False
+
+
 def _told(key: str, error: Exception, failed: bool) -> str:
     """What happened at one attempt, in a line."""
     if failed or not isinstance(error, CircuitOpenError):
@@ -99,9 +115,13 @@ def fallback(keys: object, call: Callable[[str], R], guard_of: Callable[[str], G
     for key in attempts.keys:
         guard, entered = guard_of(key), False
         try:
-            with guard:
+            with guard as permit:
                 entered = True
-                return _not_awaitable(call(key))
+                result = call(key)
+                if inspect.isawaitable(result):
+                    permit.abandoned()  # our refusal below is no failure of the model
+                    _refuse_awaitable(result)
+                return result
         except Exception as error:
             if not attempts.moves_on(key, error, entered, counted_failure(guard)):
                 raise
@@ -114,33 +134,39 @@ async def fallback_async(
     attempts = Attempts(keys, call)
     for key in attempts.keys:
         guard, entered = guard_of(key), False
+        cancelling = _cancelling()
         try:
-            async with guard:
+            async with guard as permit:
                 entered = True
-                return await _awaitable(call(key))
+                pending = call(key)
+                if not inspect.isawaitable(pending):
+                    await permit.abandoned()  # our refusal below is no failure of the model
+                    _refuse_plain(pending)
+                return await pending
         except Exception as error:
+            if _cancelling() > cancelling:  # cancelled meanwhile: the caller stopped waiting
+                raise
             if not attempts.moves_on(key, error, entered, counted_failure(guard)):
                 raise
     raise attempts.error()
 
 
-def _not_awaitable(result: R) -> R:
-    """`result` of a plain call; a coroutine means no call was made (an `async def`
-    function given to the sync fallback), which must not be recorded as a success."""
-    if inspect.isawaitable(result):
-        if inspect.iscoroutine(result):
-            result.close()  # never awaited, on purpose: no "never awaited" warning
-        raise InvalidArgumentError(
-            "call returned an awaitable, so the model was never called; for an async def "
-            "function use await breaker.fallback_async(keys, call)"
-        )
-    return result
+def _cancelling() -> int:
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()
 
 
-async def _awaitable(pending: Awaitable[R]) -> R:
-    if not inspect.isawaitable(pending):
-        raise InvalidArgumentError(
-            f"call must return an awaitable (an async def function), got {pending!r:.80} "
-            "from it; use CircuitBreaker.fallback for plain functions"
-        )
-    return await pending
+def _refuse_awaitable(result: object) -> NoReturn:
+    if inspect.iscoroutine(result):
+        result.close()  # never awaited, on purpose: no "never awaited" warning
+    raise InvalidArgumentError(
+        "call returned an awaitable, so the model was never called; for an async def "
+        "function use await breaker.fallback_async(keys, call)"
+    )
+
+
+def _refuse_plain(result: object) -> NoReturn:
+    raise InvalidArgumentError(
+        f"call must return an awaitable (an async def function), got {result!r:.80} "
+        "from it; use CircuitBreaker.fallback for plain functions"
+    )

@@ -168,8 +168,9 @@ class Guard(Permit):
             return
         if self._outcome is not None:
             return  # settled inside the block
-        counts = _counts(error, self._is_failure)
+        counts = False
         try:
+            counts = _counts(error, self._is_failure)
             if counts:
                 self.failed(error=error)
             else:
@@ -178,6 +179,12 @@ class Guard(Permit):
             _note(error, self.key, recording)
             if counts:
                 _quietly(self._give_back)
+        except BaseException:
+            # Interrupted while judging or recording: a probe that a recorded failure did not
+            # end is given back (a late give-back after a recorded one is fenced, a no-op).
+            if counts or not self.settled:
+                _quietly(self._give_back)
+            raise
 
 
 def _counts(error: BaseException, is_failure: IsFailure) -> bool:
@@ -326,8 +333,9 @@ class AsyncGuard:
                 await _quietly_async(permit)  # the success was not recorded: free its probe
                 raise
             return
-        counts = _counts(error, self._is_failure)
+        counts = False
         try:
+            counts = _counts(error, self._is_failure)
             if counts:
                 await permit.failed(error=error)
             else:
@@ -337,7 +345,7 @@ class AsyncGuard:
             if counts:
                 await _quietly_async(permit)
         except BaseException:
-            if counts:
+            if counts or not permit.settled:  # (as in Guard.__exit__)
                 await _quietly_async(permit)
             if isinstance(error, Exception):
                 raise  # a cancellation while recording: it wins over an ordinary error
